@@ -1,0 +1,118 @@
+"""The ``segstream`` command line: one entry point, a subcommand per job.
+
+Errors that segstream raises on purpose (``SegstreamError``) and bad arguments print one
+line on stderr and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from segstream import __version__
+from segstream.config import Settings, load_settings
+from segstream.errors import SegstreamError
+from segstream.logs import configure_logging
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _print_status(settings: Settings, as_json: bool) -> bool:
+    from segstream.services import localinfra
+
+    rows = localinfra.status(settings)
+    if as_json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="segstream local infrastructure")
+        for col in ("service", "pid", "healthy", "detail"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(row.name, str(row.pid or "-"),
+                          "[green]yes[/]" if row.healthy else "[red]no[/]", row.detail)
+            for key, value in row.extra.items():
+                table.add_row("", "", "", f"  {key}: {value}")
+        Console().print(table)
+    return all(row.healthy for row in rows)
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from segstream.services import localinfra
+
+    started = localinfra.up(settings)
+    for name, did in started.items():
+        print(f"{name}: {'started' if did else 'already running'}")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from segstream.services import localinfra
+
+    stopped = localinfra.down(settings)
+    for name, was_running in stopped.items():
+        print(f"{name}: {'stopped' if was_running else 'was not running'}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    return 0 if _print_status(settings, args.json) else 1
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Bring the local infrastructure up and show it (the streaming demo builds on this)."""
+    cmd_up(settings, args)
+    return 0 if _print_status(settings, as_json=False) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="segstream",
+        description="Real-time, language-model-based user interest segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"segstream {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML settings file (default: $SEGSTREAM_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    def add(name: str, func: Callable[[Settings, argparse.Namespace], int], help_: str
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    add("up", cmd_up, "Start the local Kafka broker and Redis (idempotent) and create topics.")
+    add("down", cmd_down, "Stop the local Kafka broker and Redis (SIGTERM, then SIGKILL).")
+    p = add("status", cmd_status, "Show whether the local Kafka and Redis are healthy.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add("demo", cmd_demo, "Bring everything up and show it working.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log_level, settings.log_json)
+        return args.func(settings, args)
+    except SegstreamError as exc:
+        print(f"segstream: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segstream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
