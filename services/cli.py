@@ -7,6 +7,8 @@ line on stderr and exit with status 2; anything else is a bug and keeps its trac
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +18,10 @@ from segstream import __version__
 from segstream.config import Settings, load_settings
 from segstream.errors import SegstreamError
 from segstream.logs import configure_logging
+
+# Each service package may ship a ``cli`` module with ``register(sub, run_sub)``, which adds
+# its own subcommands to ``sub`` and its ``segstream run <name>`` entry to ``run_sub``.
+SERVICE_PACKAGES = ("ingest", "encoder", "segmenter")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,7 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", cmd_status, "Show whether the local Kafka and Redis are healthy.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add("demo", cmd_demo, "Bring everything up and show it working.")
+    run = add("run", _missing_service, "Run one service in the foreground.")
+    run_sub = run.add_subparsers(dest="service", required=True, metavar="SERVICE",
+                                 parser_class=_Parser)
+    for name in SERVICE_PACKAGES:
+        module = f"segstream.services.{name}.cli"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub, run_sub)
     return parser
+
+
+def _missing_service(settings: Settings, args: argparse.Namespace) -> int:
+    raise SegstreamError(f"unknown service {args.service!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,50 @@
+"""Session fixtures that reach the real local Kafka broker and Redis.
+
+``infra`` starts both (idempotently) through the same code as ``segstream up`` and stops
+whatever it started at the end of the session. Tests isolate themselves with ``unique``
+names (topics, consumer groups, Redis key prefixes) instead of wiping shared state, and
+wait with ``tests.helpers.wait_until`` deadlines instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from segstream.config import Settings, load_settings
+from segstream.kafka_io import KafkaClients
+from segstream.redis_io import redis_client
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Settings]:
+    """Settings for the real local Kafka + Redis, started for this session if needed."""
+    from segstream.services import localinfra
+
+    settings = load_settings()
+    started = localinfra.up(settings)
+    yield settings
+    if any(started.values()):
+        localinfra.down(settings)
+
+
+@pytest.fixture
+def unique(request: pytest.FixtureRequest) -> str:
+    """A name unique to this test run: use it for topics, groups and key prefixes."""
+    name = request.node.name.replace("[", "-").replace("]", "").lower()
+    return f"t-{name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def kafka(infra: Settings) -> KafkaClients:
+    return KafkaClients(infra.kafka)
+
+
+@pytest.fixture
+def redis_conn(infra: Settings) -> Iterator[redis.Redis]:
+    client = redis_client(infra.redis)
+    yield client
+    client.close()
