@@ -102,6 +102,24 @@ class LocalInfraSettings(BaseModel):
         return self.home / "local"
 
 
+class IngestSettings(BaseModel):
+    """The ingest service (``segstream run ingest``)."""
+
+    metrics_port: int = Field(default=9401, ge=0, le=65535)
+
+
+class EncoderSettings(BaseModel):
+    """The encoder service (``segstream run encoder``)."""
+
+    metrics_port: int = Field(default=9402, ge=0, le=65535)
+
+
+class SegmenterSettings(BaseModel):
+    """The segmenter service (``segstream run segmenter``)."""
+
+    metrics_port: int = Field(default=9403, ge=0, le=65535)
+
+
 class Settings(BaseSettings):
     """Everything a segstream process can be configured with."""
 
@@ -114,6 +132,9 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     local: LocalInfraSettings = Field(default_factory=LocalInfraSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    segmenter: SegmenterSettings = Field(default_factory=SegmenterSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
