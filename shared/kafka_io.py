@@ -121,5 +121,6 @@ def describe(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, s
         ]
         configs = admin.describe_configs(resources).get("topic", {})
         for name, entries in configs.items():
-            found[name]["cleanup.policy"] = entries["cleanup.policy"]["value"]
+            if "cleanup.policy" in entries:  # absent when the topic uses the broker default
+                found[name]["cleanup.policy"] = entries["cleanup.policy"]["value"]
     return found
