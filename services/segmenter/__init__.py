@@ -1,0 +1,1 @@
+"""The segmenter service (segstream run segmenter)."""
