@@ -347,7 +347,8 @@ class LocalKafka:
         while True:
             if proc.poll() is not None:
                 raise InfraError(f"Kafka exited during start-up:\n{_tail(self.log_path)}")
-            if metadata_ok(settings, self._bootstrap()):
+            # a cheap TCP probe first: kafka-python backs off for seconds on refusals
+            if _port_open(self.local.kafka_port) and metadata_ok(settings, self._bootstrap()):
                 return
             if time.monotonic() > deadline:
                 raise InfraError(f"Kafka did not answer a metadata request in "
