@@ -28,5 +28,8 @@ if [[ ! -f "$venv/.complete" ]]; then
   # keep only the newest few environments
   ls -1dt "$home"/venv-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
 fi
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root"
+# The editable install points the shared environment at this clone: with several clones
+# on one machine, the one that ran `make` last is the one `segstream` imports.
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >"$home/editable.log" 2>&1 \
+  || { cat "$home/editable.log" >&2; exit 1; }
 ln -sfn "$venv" "$root/.venv"
