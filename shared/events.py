@@ -155,6 +155,11 @@ def parse_event(
         raise
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidEvent("not_json", f"not JSON: {exc}") from None
+    return event_from_dict(obj, allowed_types)
+
+
+def event_from_dict(obj: Any, allowed_types: Collection[str]) -> Event:
+    """Validate an already-decoded record (e.g. a row of a file) and return an ``Event``."""
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"JSON {type(obj).__name__} instead of an object")
 
