@@ -30,6 +30,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import numpy as np
 import torch
 
+from segstream.config import EncoderSettings
 from segstream.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,14 @@ class Encoder:
                  self.model_version, time.perf_counter() - started, self.device,
                  str(self.dtype).removeprefix("torch."), self.pooling.mode,
                  " + L2" if self.pooling.normalize else "", self.max_length)
+
+    @classmethod
+    def from_settings(cls, settings: EncoderSettings) -> Encoder:
+        """The encoder that ``settings.encoder`` describes (threads are set here too)."""
+        configure_threads(settings.torch_threads)
+        return cls(settings.model_path, name=settings.model_name, device=settings.device,
+                   dtype=settings.dtype, quantize_int8=settings.quantize_int8,
+                   max_length=settings.max_length, batch_size=settings.encode_batch)
 
     @property
     def dtype_name(self) -> str:
