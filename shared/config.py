@@ -122,7 +122,7 @@ class IngestSettings(BaseModel):
     max_partition_fetch_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
     redis_chunk: int = Field(default=500, ge=1, le=10_000)
     dedup_ttl_s: int = Field(default=7 * 86_400, ge=60)
-    dedup_max_per_user: int = Field(default=200, ge=1)
+    dedup_max_per_user: int = Field(default=120, ge=1)
     bot_max_events_per_minute: int = Field(default=120, ge=1)
     max_price: float = Field(default=1_000_000.0, gt=0)
     max_quantity: int = Field(default=10_000, ge=1)

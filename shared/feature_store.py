@@ -1,0 +1,309 @@
+"""Per-user feature state in Redis: atomic, idempotent updates and the dirty queue.
+
+Key layout (``Keys`` in ``redis_io``; all of one user's keys share the ``{uid}`` hash tag,
+so the Lua script below touches one Redis Cluster slot):
+
+- ``user(uid, "f")``      hash, the bucket map of ``features``: field ``<group>:<day>`` ->
+  ``"sub=n;sub=n"`` (a few dozen short fields, so Redis keeps it as a compact listpack),
+  plus meta fields ``_last`` (newest event ms), ``_dx`` (newest day), ``_rm``/``_rn``
+  (event-time minute and count for the bot rule) and ``_o:<topic crc>:<partition>``
+  (highest Kafka offset applied from that partition for this user)
+- ``user(uid, "d")``      zset, dedup: 8-byte BLAKE2 digests of event ids, score = event
+  ms; trimmed to ``dedup_ttl_s`` before the newest event and ``dedup_max_per_user``
+- ``user(uid, "t")``      zset, last distinct titles, score = newest event ms with it
+- ``user(uid, "text")``   string, the feature text (TTL ``user_ttl_days``)
+- ``dirty()``             zset, the encoder's queue: ``ZADD NX`` user, score = now ms
+
+Exactly-once effect: a Kafka record redelivered after a crash or rebalance has an offset
+at or below its user's ``_o`` watermark for that partition and is skipped (``R``) however
+old it is; a record whose event id was already seen (a producer retry, a replayed file)
+is skipped by the dedup set (``D``). Both checks and all increments of one user happen in
+one script call, so a crash never leaves half an update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from segstream.config import Settings
+from segstream.features import Increment, UserState
+from segstream.redis_io import Keys
+
+# One call per user and batch. KEYS: features hash, dedup zset, titles zset, text string.
+# ARGV: n_events, window_days, category_cap, bot_limit, max_titles, dedup_window_ms,
+# dedup_max, key_ttl_s, then per event: dedup member, watermark field, offset (-1: none),
+# ts ms, minute, day, title ('' = none), n_adds, n_adds x (field, sub, amount).
+# Returns {status per event (A applied, R redelivered, D duplicate id, B bot rate,
+# O outside window), HGETALL features, ZRANGE titles WITHSCORES, GET text}.
+APPLY_LUA = r"""
+local fkey, dkey, tkey, xkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local n, win, catcap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local botmax, maxtitles = tonumber(ARGV[4]), tonumber(ARGV[5])
+local dwin, dmax, kttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last')
+local dx = tonumber(meta[1]) or -1
+local olddx = dx
+local rm, rn = tonumber(meta[2]) or -1, tonumber(meta[3]) or 0
+local last = tonumber(meta[4]) or -1
+local cache, changed, wms, status = {}, {}, {}, {}
+local newest, titled, deduped = -1, false, false
+
+local function bucket(field)
+  local t = cache[field]
+  if t == nil then
+    t = {}
+    local raw = redis.call('HGET', fkey, field)
+    if raw then
+      for k, v in string.gmatch(raw, '([^=;]+)=([^;]+)') do t[k] = tonumber(v) end
+    end
+    cache[field] = t
+  end
+  return t
+end
+
+local i = 9
+for e = 1, n do
+  local member, wmf, off = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local tsarg = ARGV[i + 3]
+  local ts, minute, day = tonumber(tsarg), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local title, nadd = ARGV[i + 6], tonumber(ARGV[i + 7])
+  local base = i + 8
+  i = base + 3 * nadd
+  local wm = wms[wmf]
+  if wm == nil then wm = tonumber(redis.call('HGET', fkey, wmf)) or -1 end
+  if off >= 0 and off <= wm then
+    status[e] = 'R'
+  else
+    if off >= 0 then wms[wmf] = off else wms[wmf] = wm end
+    if redis.call('ZSCORE', dkey, member) then
+      status[e] = 'D'
+    else
+      redis.call('ZADD', dkey, tsarg, member)
+      deduped = true
+      if ts > newest then newest = ts end
+      if minute == rm then rn = rn + 1 elseif minute > rm then rm, rn = minute, 1 end
+      if minute == rm and rn > botmax then
+        status[e] = 'B'
+      elseif dx >= 0 and day < dx - win + 1 then
+        status[e] = 'O'
+      else
+        for a = base, base + 3 * nadd - 1, 3 do
+          local field, sub, amount = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+          local t = bucket(field)
+          if t[sub] == nil and string.sub(field, 1, 2) == 'k:' then
+            local count = 0
+            for _ in pairs(t) do count = count + 1 end
+            if count >= catcap then sub = '~other' end
+          end
+          t[sub] = (t[sub] or 0) + amount
+          changed[field] = true
+        end
+        if title ~= '' and maxtitles > 0 then
+          redis.call('ZADD', tkey, 'GT', ts, title)
+          titled = true
+        end
+        if ts > last then last = ts end
+        if day > dx then dx = day end
+        status[e] = 'A'
+      end
+    end
+  end
+end
+
+for field in pairs(changed) do
+  local t, keys, parts = cache[field], {}, {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for j, k in ipairs(keys) do parts[j] = k .. '=' .. string.format('%d', t[k]) end
+  redis.call('HSET', fkey, field, table.concat(parts, ';'))
+end
+if dx > olddx and olddx >= 0 then
+  local oldest = dx - win + 1
+  for _, field in ipairs(redis.call('HKEYS', fkey)) do
+    local d = tonumber(string.match(field, '^%a:(%d+)$'))
+    if d and d < oldest then redis.call('HDEL', fkey, field) end
+  end
+end
+local fields = {'_dx', string.format('%d', dx), '_rm', string.format('%d', rm),
+                '_rn', string.format('%d', rn), '_last', string.format('%d', last)}
+for wmf, off in pairs(wms) do
+  fields[#fields + 1] = wmf
+  fields[#fields + 1] = string.format('%d', off)
+end
+redis.call('HSET', fkey, unpack(fields))
+redis.call('EXPIRE', fkey, kttl)
+if deduped then
+  local ref = math.max(newest, last)
+  redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. string.format('%d', ref - dwin))
+  redis.call('ZREMRANGEBYRANK', dkey, 0, -dmax - 1)
+  redis.call('EXPIRE', dkey, kttl)
+end
+if titled then
+  redis.call('ZREMRANGEBYRANK', tkey, 0, -maxtitles - 1)
+  redis.call('EXPIRE', tkey, kttl)
+end
+return {table.concat(status), redis.call('HGETALL', fkey),
+        redis.call('ZRANGE', tkey, 0, -1, 'WITHSCORES'), redis.call('GET', xkey)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """One valid event on its way into Redis, with its Kafka position (offset -1: none)."""
+
+    event_id: str
+    inc: Increment
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass
+class UserResult:
+    """What one user's script call did and left behind."""
+
+    statuses: str                 # one letter per event, see APPLY_LUA
+    state: UserState
+    text: str | None              # the stored feature text before this batch's render
+
+
+def dedup_member(event_id: str) -> bytes:
+    """The 8-byte digest stored for an event id (collisions: ~1e-15 per user window)."""
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def watermark_field(topic: str, partition: int) -> str:
+    return f"_o:{zlib.crc32(topic.encode()):08x}:{partition}"
+
+
+def parse_state(raw_hash: Sequence[bytes] | dict[bytes, bytes], raw_titles: Sequence[bytes]
+                ) -> UserState:
+    """A ``UserState`` from the feature hash (HGETALL) and titles (ZRANGE WITHSCORES)."""
+    items = raw_hash.items() if isinstance(raw_hash, dict) else zip(
+        raw_hash[0::2], raw_hash[1::2], strict=True)
+    state = UserState()
+    for key_b, value_b in items:
+        key, value = key_b.decode(), value_b.decode()
+        if key.startswith("_"):
+            if key == "_last":
+                state.last_ts = int(value) if int(value) >= 0 else None
+            elif key == "_dx":
+                state.newest_day = int(value) if int(value) >= 0 else None
+            elif key == "_rm":
+                state.rate_minute = int(value)
+            elif key == "_rn":
+                state.rate_count = int(value)
+            continue
+        bucket = {}
+        for pair in value.split(";"):
+            sub, _, amount = pair.rpartition("=")
+            if sub:
+                bucket[sub] = int(amount)
+        state.buckets[key] = bucket
+    state.titles = {t.decode(): int(float(s)) for t, s in zip(raw_titles[0::2], raw_titles[1::2],
+                                                            strict=True)}
+    return state
+
+
+class FeatureStore:
+    """Applies event increments to Redis and keeps feature texts and the dirty queue."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.cfg = settings.ingest
+        self.keys = Keys(settings.redis.key_prefix)
+        self._apply = client.register_script(APPLY_LUA)
+
+    def user_keys(self, user_id: str) -> list[str]:
+        k = self.keys
+        return [k.user(user_id, "f"), k.user(user_id, "d"), k.user(user_id, "t"),
+                k.user(user_id, "text")]
+
+    def _args(self, events: Sequence[PendingEvent]) -> list[str | int | bytes]:
+        cfg = self.cfg
+        args: list[str | int | bytes] = [
+            len(events), max(cfg.windows_days), cfg.max_categories_per_day,
+            cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
+            cfg.dedup_max_per_user, int(cfg.user_ttl_days * 86_400)]
+        for ev in events:
+            inc = ev.inc
+            args += [dedup_member(ev.event_id), watermark_field(ev.topic, ev.partition),
+                     ev.offset, inc.ts_ms, inc.minute, inc.day, inc.title or "", len(inc.adds)]
+            for name, sub, amount in inc.adds:
+                args += [name, sub, amount]
+        return args
+
+    def apply(self, by_user: dict[str, list[PendingEvent]]) -> dict[str, UserResult]:
+        """Apply every user's events (one script call per user, pipelined by chunk).
+
+        Returns only once Redis acknowledged every call; raises ``redis.RedisError``
+        otherwise (nothing is committed to Kafka then, and the batch is redelivered).
+        """
+        results: dict[str, UserResult] = {}
+        users = list(by_user)
+        start = 0
+        while start < len(users):
+            pipe = self.client.pipeline(transaction=False)
+            chunk: list[str] = []
+            events = 0
+            while start < len(users) and (not chunk or events < self.cfg.redis_chunk):
+                uid = users[start]
+                self._apply(keys=self.user_keys(uid), args=self._args(by_user[uid]),
+                            client=pipe)
+                chunk.append(uid)
+                events += len(by_user[uid])
+                start += 1
+            for uid, (statuses, raw_hash, raw_titles, text) in zip(
+                    chunk, pipe.execute(), strict=True):
+                results[uid] = UserResult(statuses.decode(), parse_state(raw_hash, raw_titles),
+                                          text.decode() if text is not None else None)
+        return results
+
+    def store_texts(self, updates: Iterable[tuple[str, str, bool]]) -> int:
+        """Write changed texts, then mark users dirty; returns how many were marked.
+
+        ``updates`` holds ``(user_id, text, mark)``: the text is written (with the user
+        TTL) and the user ``ZADD NX``-ed to the dirty queue when ``mark`` is true. The text
+        is written before the mark, so an encoder that claims the user reads the new text.
+        """
+        now_ms = int(time.time() * 1000)
+        ttl = int(self.cfg.user_ttl_days * 86_400)
+        marked = [(uid, text) for uid, text, mark in updates if mark]
+        if not marked:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for uid, text in marked:
+            pipe.set(self.keys.user(uid, "text"), text.encode(), ex=ttl)
+        pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
+        pipe.execute()
+        return len(marked)
+
+    def read_user(self, user_id: str) -> tuple[UserState, str | None]:
+        """A user's state and stored feature text (empty state for an unknown user)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.user(user_id, "f"))
+        pipe.zrange(self.keys.user(user_id, "t"), 0, -1, withscores=True)
+        pipe.get(self.keys.user(user_id, "text"))
+        raw_hash, titles, text = pipe.execute()
+        flat_titles: list[bytes] = []
+        for title, score in titles:
+            flat_titles += [title, str(int(score)).encode()]
+        return parse_state(raw_hash, flat_titles), text.decode() if text is not None else None
+
+    def dirty_count(self) -> int:
+        return int(self.client.zcard(self.keys.dirty()))
+
+    def memory_usage(self, user_id: str) -> int:
+        """Bytes Redis uses for one user's keys (``MEMORY USAGE``, embeddings excluded)."""
+        total = 0
+        for key in self.user_keys(user_id):
+            total += int(self.client.memory_usage(key, samples=0) or 0)
+        return total
+

@@ -1,0 +1,250 @@
+"""Per-user features: the one implementation, pure Python, no Redis.
+
+A user's state is a **bucket map**: ``{"<group>:<day>": {sub: amount}}`` where ``day`` is
+the local calendar day (``date.toordinal()`` in ``settings.timezone``) and the groups are
+
+- ``c`` event counts per type (``c:738000 -> {"view": 12, "purchase": 1}``)
+- ``k`` events per top-level category (at most ``max_categories_per_day`` names a day,
+  the rest under ``~other``)
+- ``t`` time patterns: ``night|morning|afternoon|evening`` and ``wd|we`` (weekday/weekend)
+- ``m`` money: ``spend`` (purchase price x quantity, in cents) and ``qty`` (units bought)
+
+plus the last ``max_titles`` distinct item titles (title -> newest event ms). Day buckets
+older than the longest window before the user's newest event are dropped, so state is
+bounded per user. ``increments`` maps an ``Event`` to bucket increments, ``UserState``
+applies them in memory exactly like the Redis Lua script in ``feature_store`` does, and
+``summarize`` turns a bucket map into ``Features`` relative to a reference time (by
+default the user's newest event, so the same history always gives the same features).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from segstream.config import IngestSettings
+from segstream.errors import ConfigError
+from segstream.events import Event
+
+DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+OTHER = "~other"
+TIME_OF_DAY = ("night", "morning", "afternoon", "evening")  # 0-6, 6-12, 12-18, 18-24
+CATEGORY_MAX_CHARS = 40
+_CATEGORY_SPLIT = re.compile(r"[/>|]")
+_SPACE = re.compile(r"\s+")
+_RESERVED = re.compile(r"[=;]")
+
+BucketMap = dict[str, dict[str, int]]
+
+
+@lru_cache(maxsize=32)
+def zone(name: str) -> ZoneInfo:
+    """The ``ZoneInfo`` for ``name``; ``ConfigError`` when it does not exist."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {name!r} (ingest.timezone)") from None
+
+
+def clean_text(value: str, limit: int) -> str:
+    """Printable single-line text: no control characters or lone surrogates, capped."""
+    value = value.encode("utf-8", "replace").decode("utf-8")
+    value = "".join(" " if unicodedata.category(ch)[0] in "CZ" else ch for ch in value)
+    value = _SPACE.sub(" ", value).strip()
+    return value[:limit].rstrip()
+
+
+def top_category(category: str | None) -> str | None:
+    """The top level of a category path (``Electronics/Audio`` -> ``electronics``)."""
+    if category is None:
+        return None
+    top = _CATEGORY_SPLIT.split(category, maxsplit=1)[0]
+    top = _RESERVED.sub(" ", clean_text(top, CATEGORY_MAX_CHARS * 2).lower())
+    top = _SPACE.sub(" ", top).strip()[:CATEGORY_MAX_CHARS].rstrip()
+    return top or None
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """What one event adds to its user's state."""
+
+    ts_ms: int
+    day: int
+    minute: int
+    title: str | None
+    adds: tuple[tuple[str, str, int], ...]  # (field "<group>:<day>", sub, amount)
+
+
+def local_time(ts_ms: int, settings: IngestSettings) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=zone(settings.timezone))
+
+
+def increments(event: Event, settings: IngestSettings) -> Increment:
+    """The bucket increments of one validated event."""
+    when = local_time(event.ts_ms, settings)
+    day = when.toordinal()
+    adds: list[tuple[str, str, int]] = [(f"c:{day}", event.type, 1)]
+    category = top_category(event.category)
+    if category:
+        adds.append((f"k:{day}", category, 1))
+    adds.append((f"t:{day}", TIME_OF_DAY[when.hour // 6], 1))
+    adds.append((f"t:{day}", "we" if when.weekday() >= 5 else "wd", 1))
+    if event.type == "purchase":
+        quantity = event.quantity or 1
+        adds.append((f"m:{day}", "qty", quantity))
+        if event.price is not None:
+            adds.append((f"m:{day}", "spend", round(event.price * quantity * 100)))
+    title = clean_text(event.title, settings.title_max_chars) if event.title else ""
+    return Increment(ts_ms=event.ts_ms, day=day, minute=event.ts_ms // MINUTE_MS,
+                     title=title or None, adds=tuple(adds))
+
+
+def window_start(newest_day: int, settings: IngestSettings) -> int:
+    """The oldest day still kept when the user's newest event is on ``newest_day``."""
+    return newest_day - max(settings.windows_days) + 1
+
+
+@dataclass
+class UserState:
+    """One user's state in memory, updated exactly as the Redis script updates it.
+
+    ``apply`` returns the outcome: ``applied``, ``bot_rate`` (over the per-minute limit in
+    the user's newest event minute) or ``outside_window`` (older than the longest window
+    before the user's newest event). Duplicate detection is the caller's job.
+    """
+
+    buckets: BucketMap = field(default_factory=dict)
+    titles: dict[str, int] = field(default_factory=dict)
+    last_ts: int | None = None
+    newest_day: int | None = None
+    rate_minute: int = -1
+    rate_count: int = 0
+
+    def apply(self, inc: Increment, settings: IngestSettings) -> str:
+        if inc.minute == self.rate_minute:
+            self.rate_count += 1
+        elif inc.minute > self.rate_minute:
+            self.rate_minute, self.rate_count = inc.minute, 1
+        if inc.minute == self.rate_minute and self.rate_count > settings.bot_max_events_per_minute:
+            return "bot_rate"
+        if self.newest_day is not None and inc.day < window_start(self.newest_day, settings):
+            return "outside_window"
+        for name, sub, amount in inc.adds:
+            bucket = self.buckets.setdefault(name, {})
+            if (name.startswith("k:") and sub not in bucket
+                    and len(bucket) >= settings.max_categories_per_day):
+                sub = OTHER
+            bucket[sub] = bucket.get(sub, 0) + amount
+        if inc.title and settings.max_titles:
+            self.titles[inc.title] = max(inc.ts_ms, self.titles.get(inc.title, inc.ts_ms))
+            if len(self.titles) > settings.max_titles:
+                keep = sorted(self.titles.items(), key=lambda kv: (kv[1], kv[0].encode()))
+                self.titles = dict(keep[-settings.max_titles:])
+        self.last_ts = inc.ts_ms if self.last_ts is None else max(self.last_ts, inc.ts_ms)
+        if self.newest_day is None or inc.day > self.newest_day:
+            self.newest_day = inc.day
+            oldest = window_start(inc.day, settings)
+            for name in [n for n in self.buckets if int(n.split(":", 1)[1]) < oldest]:
+                del self.buckets[name]
+        return "applied"
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    """Aggregates over the last ``days`` days (the reference day included)."""
+
+    days: int
+    events: int
+    types: tuple[tuple[str, int], ...]        # most frequent first
+    categories: tuple[tuple[str, int], ...]   # most frequent first, capped
+    purchases: int
+    spend: float                               # currency units
+    quantity: int
+    time_of_day: tuple[tuple[str, int], ...]  # in TIME_OF_DAY order
+    weekday: int
+    weekend: int
+    active_days: int
+
+
+@dataclass(frozen=True)
+class Features:
+    """A user's feature summary, relative to ``reference_ms``."""
+
+    reference_ms: int | None
+    last_event_ms: int | None
+    windows: tuple[WindowFeatures, ...]
+    days_since_last_purchase: int | None       # None: no purchase in the longest window
+    recent_titles: tuple[str, ...]             # newest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def window(self, days: int) -> WindowFeatures:
+        return next(w for w in self.windows if w.days == days)
+
+
+def _ranked(counts: Counter[str], cap: int | None = None) -> tuple[tuple[str, int], ...]:
+    items = sorted(((k, v) for k, v in counts.items() if v > 0), key=lambda kv: (-kv[1], kv[0]))
+    return tuple(items[:cap] if cap else items)
+
+
+def summarize(state: UserState, settings: IngestSettings, reference_ms: int | None = None,
+              max_categories: int = 10) -> Features:
+    """The ``Features`` of a user's state; windows end on the reference day.
+
+    ``reference_ms`` defaults to the user's newest event, which makes the result a pure
+    function of the events (identical behaviour -> identical features).
+    """
+    ref_ms = reference_ms if reference_ms is not None else state.last_ts
+    if ref_ms is None:
+        empty = tuple(WindowFeatures(d, 0, (), (), 0, 0.0, 0, tuple((t, 0) for t in TIME_OF_DAY),
+                                     0, 0, 0) for d in sorted(settings.windows_days))
+        return Features(None, None, empty, None, ())
+    ref_day = local_time(ref_ms, settings).toordinal()
+    windows = []
+    last_purchase_day: int | None = None
+    for days in sorted(settings.windows_days):
+        first = ref_day - days + 1
+        types: Counter[str] = Counter()
+        cats: Counter[str] = Counter()
+        times: Counter[str] = Counter()
+        money: Counter[str] = Counter()
+        active: set[int] = set()
+        for name, bucket in state.buckets.items():
+            group, day_text = name.split(":", 1)
+            day = int(day_text)
+            if not first <= day <= ref_day:
+                continue
+            target = {"c": types, "k": cats, "t": times, "m": money}.get(group)
+            if target is None:
+                continue
+            target.update(bucket)
+            if group == "c":
+                active.add(day)
+                if bucket.get("purchase"):
+                    last_purchase_day = max(day, last_purchase_day or day)
+        windows.append(WindowFeatures(
+            days=days, events=sum(types.values()), types=_ranked(types),
+            categories=_ranked(cats, max_categories), purchases=types.get("purchase", 0),
+            spend=money.get("spend", 0) / 100, quantity=money.get("qty", 0),
+            time_of_day=tuple((t, times.get(t, 0)) for t in TIME_OF_DAY),
+            weekday=times.get("wd", 0), weekend=times.get("we", 0), active_days=len(active)))
+    horizon = ref_ms - max(settings.windows_days) * DAY_MS
+    titles = sorted(((ts, t) for t, ts in state.titles.items() if horizon < ts <= ref_ms),
+                    key=lambda x: (-x[0], x[1]))
+    return Features(
+        reference_ms=ref_ms,
+        last_event_ms=state.last_ts,
+        windows=tuple(windows),
+        days_since_last_purchase=None if last_purchase_day is None
+        else ref_day - last_purchase_day,
+        recent_titles=tuple(t for _, t in titles[: settings.max_titles]),
+    )
+
