@@ -1,0 +1,61 @@
+"""Embedding cache in Redis keyed by (model_version, text hash), shared by all workers.
+
+One string key per distinct text: ``{prefix}:ec:{model_version}:{text_hash}`` → float16
+vector bytes, with a TTL that a hit renews (``GETEX``), so only texts that keep recurring
+stay. Keys hash to their own slots; lookups and writes are non-transactional pipelines,
+which Redis Cluster clients split per node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import redis
+
+from segstream.encoding import vec_from_bytes, vec_to_bytes
+from segstream.redis_io import Keys
+
+
+class EmbeddingCache:
+    """Text-hash → embedding for one model version, with hit/miss counts."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, model_version: str, ttl_s: int
+                 ) -> None:
+        self.client = client
+        self.keys = keys
+        self.model_version = model_version
+        self.ttl_s = ttl_s
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, thash: str) -> str:
+        return self.keys.global_(f"ec:{self.model_version}:{thash}")
+
+    def get_many(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among ``hashes`` (renewing their TTL)."""
+        if not hashes:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for h in hashes:
+            if self.ttl_s:
+                pipe.getex(self.key(h), ex=self.ttl_s)
+            else:
+                pipe.get(self.key(h))
+        found = {h: vec_from_bytes(raw) for h, raw in zip(hashes, pipe.execute(), strict=True)
+                 if raw is not None}
+        self.hits += len(found)
+        self.misses += len(hashes) - len(found)
+        return found
+
+    def put_many(self, vectors: dict[str, np.ndarray]) -> None:
+        """Store freshly encoded vectors."""
+        if not vectors:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for h, vec in vectors.items():
+            pipe.set(self.key(h), vec_to_bytes(vec), ex=self.ttl_s or None)
+        pipe.execute()
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0

@@ -1,0 +1,182 @@
+"""Leased claims on the dirty-user queue, as Lua scripts (atomic, Redis Cluster–safe).
+
+Keys (all in the ``{<prefix>:q}`` hash slot, see ``segstream.redis_io.Keys``):
+
+- ``dirty``      zset  user → ms of the first unclaimed dirty mark (ingest ``ZADD NX``)
+- ``claims``     zset  user → lease deadline ms (server clock)
+- ``claim_meta`` hash  user → ``<token>|<dirty_ms>`` (who holds the claim, which mark)
+- ``fence``      counter; every claim call takes the next value
+- ``embedded``   stream, one entry per completed claim (the segmenter's input)
+
+A claim call first returns expired leases to ``dirty`` (keeping the earlier mark), then —
+only if ``batch`` users are dirty or the oldest mark is ``max_wait_ms`` old — moves up to
+``batch`` users that no live claim holds into ``claims`` under a fresh token
+``<worker>:<fence>``. A user re-marked while claimed waits in ``dirty`` until that claim
+ends, so one user is never encoded by two workers at once.
+
+``complete`` appends the stream entries and releases the claims in one step, only for
+claims the token still holds: a worker whose lease expired (and whose users another
+worker re-claimed) completes nothing, so every dirty mark yields exactly one entry.
+The fence also guards the per-user embedding write (``EMB_WRITE``): a write from an older
+claim never overwrites one from a newer claim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from segstream.redis_io import Keys
+
+CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local batch, max_wait, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, uid in ipairs(expired) do
+  local meta = redis.call('HGET', KEYS[3], uid)
+  local mark = meta and string.match(meta, '|([^|]+)$') or tostring(now)
+  local cur = redis.call('ZSCORE', KEYS[1], uid)
+  if (not cur) or tonumber(cur) > tonumber(mark) then
+    redis.call('ZADD', KEYS[1], mark, uid)
+  end
+  redis.call('ZREM', KEYS[2], uid)
+  redis.call('HDEL', KEYS[3], uid)
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n == 0 then return {0, #expired, -1} end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local age = now - tonumber(oldest[2])
+if n < batch and age < max_wait then return {0, #expired, max_wait - age} end
+local fence = redis.call('INCR', KEYS[4])
+local token = ARGV[4] .. ':' .. fence
+local deadline = now + lease
+local scan = batch + redis.call('ZCARD', KEYS[2])
+local cand = redis.call('ZRANGE', KEYS[1], 0, scan - 1, 'WITHSCORES')
+local out = {fence, #expired, 0}
+local taken = 0
+for i = 1, #cand, 2 do
+  if taken >= batch then break end
+  local uid = cand[i]
+  if not redis.call('ZSCORE', KEYS[2], uid) then
+    redis.call('ZREM', KEYS[1], uid)
+    redis.call('ZADD', KEYS[2], deadline, uid)
+    redis.call('HSET', KEYS[3], uid, token .. '|' .. cand[i + 1])
+    out[#out + 1] = uid
+    out[#out + 1] = cand[i + 1]
+    taken = taken + 1
+  end
+end
+return out
+"""
+
+COMPLETE = """
+local token = ARGV[1] .. '|'
+local maxlen = ARGV[2]
+local done, lost = 0, 0
+for i = 3, #ARGV, 6 do
+  local uid = ARGV[i]
+  local meta = redis.call('HGET', KEYS[2], uid)
+  if meta and string.sub(meta, 1, #token) == token then
+    if ARGV[i + 5] == '1' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'user_id', uid,
+                 'model_version', ARGV[i + 1], 'text_hash', ARGV[i + 2],
+                 'dirty_ms', ARGV[i + 3], 'encoded_ms', ARGV[i + 4])
+    end
+    redis.call('ZREM', KEYS[1], uid)
+    redis.call('HDEL', KEYS[2], uid)
+    done = done + 1
+  else
+    lost = lost + 1
+  end
+end
+return {done, lost}
+"""
+
+EMB_WRITE = """
+local cur = redis.call('HGET', KEYS[1], 'fence')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'vec', ARGV[2], 'model_version', ARGV[3], 'text_hash', ARGV[4],
+           'encoded_ms', ARGV[5], 'fence', ARGV[1])
+return 1
+"""
+
+
+@dataclass
+class Claim:
+    """One claim call's result: the users now held under ``token`` and their mark times."""
+
+    fence: int
+    token: str
+    users: list[tuple[str, int]] = field(default_factory=list)
+    reclaimed: int = 0
+    wait_ms: int = -1  # not ready: ms until the max-wait trigger (-1: queue empty)
+
+
+@dataclass(frozen=True)
+class Done:
+    """What one completed user contributes to the ``embedded`` stream."""
+
+    user_id: str
+    model_version: str
+    text_hash: str
+    dirty_ms: int
+    encoded_ms: int
+    emit: bool = True
+
+
+class ClaimQueue:
+    """The encoder's side of the dirty queue: claim, write embeddings, complete."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, worker_id: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.worker_id = worker_id
+        self._claim = client.register_script(CLAIM)
+        self._complete = client.register_script(COMPLETE)
+        self._emb_write = client.register_script(EMB_WRITE)
+        self._queue_keys = [keys.dirty(), keys.claims(), keys.queue("claim_meta"),
+                            keys.queue("fence")]
+
+    def claim(self, batch: int, max_wait_ms: int, lease_ms: int) -> Claim:
+        """Reclaim expired leases, then claim up to ``batch`` users if a trigger fired."""
+        raw = self._claim(keys=self._queue_keys,
+                          args=[batch, max_wait_ms, lease_ms, self.worker_id])
+        fence, reclaimed, wait_ms = int(raw[0]), int(raw[1]), int(raw[2])
+        users = [(raw[i].decode(), int(float(raw[i + 1]))) for i in range(3, len(raw), 2)]
+        return Claim(fence, f"{self.worker_id}:{fence}", users, reclaimed, wait_ms)
+
+    def write_embeddings(self, fence: int, rows: list[tuple[str, bytes, str, str, int]]
+                         ) -> int:
+        """Store (user, vec bytes, model_version, text_hash, encoded_ms) rows unless a
+        newer claim already wrote that user; returns how many writes a newer one blocked."""
+        pipe = self.client.pipeline(transaction=False)
+        for uid, vec, version, thash, encoded_ms in rows:
+            self._emb_write(keys=[self.keys.user(uid, "emb")],
+                            args=[fence, vec, version, thash, encoded_ms], client=pipe)
+        return sum(1 for ok in pipe.execute() if not ok)
+
+    def complete(self, token: str, done: list[Done], maxlen: int) -> tuple[int, int]:
+        """Emit stream entries and release claims still held by ``token`` → (done, lost)."""
+        if not done:
+            return 0, 0
+        args: list[str | int] = [token, maxlen]
+        for d in done:
+            args += [d.user_id, d.model_version, d.text_hash, d.dirty_ms, d.encoded_ms,
+                     1 if d.emit else 0]
+        keys = [self.keys.claims(), self.keys.queue("claim_meta"), self.keys.embedded()]
+        ok, lost = self._complete(keys=keys, args=args)
+        return int(ok), int(lost)
+
+    def depth(self) -> tuple[int, int, float]:
+        """(dirty users, claimed users, age in seconds of the oldest dirty mark)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.dirty())
+        pipe.zcard(self.keys.claims())
+        pipe.zrange(self.keys.dirty(), 0, 0, withscores=True)
+        pipe.time()
+        dirty, claimed, oldest, (sec, usec) = pipe.execute()
+        now_ms = sec * 1000 + usec // 1000
+        age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
+        return int(dirty), int(claimed), age

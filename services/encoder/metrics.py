@@ -1,0 +1,55 @@
+"""Prometheus metrics of the encoder service (one registry per process)."""
+
+from __future__ import annotations
+
+from segstream.metrics import ServiceMetrics
+
+# Where each user's vector came from in a micro-batch, or why it got none.
+OUTCOMES = ("encoded", "cache", "unchanged", "missing_text", "lost_claim")
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class EncoderMetrics:
+    """Batch sizes, encode time, texts encoded, cache hits/misses, queue depth, device."""
+
+    def __init__(self) -> None:
+        m = self.base = ServiceMetrics("encoder")
+        self.batch_size = m.histogram(
+            "encoder_batch_size", "Users claimed per micro-batch.", SIZE_BUCKETS)
+        self.encode_seconds = m.histogram(
+            "encoder_encode_seconds", "Model time per micro-batch (cache misses only).",
+            SECONDS_BUCKETS)
+        self.batch_seconds = m.histogram(
+            "encoder_batch_seconds", "Claim-to-complete time per micro-batch.",
+            SECONDS_BUCKETS)
+        self.texts_encoded = m.counter(
+            "encoder_texts_encoded_total", "Distinct texts run through the model.")
+        self.users = m.counter(
+            "encoder_users_total", "Claimed users by outcome.", {"outcome": OUTCOMES})
+        self.cache_hits = m.counter(
+            "encoder_cache_hits_total",
+            "User texts served from the text cache (Redis or the same micro-batch).")
+        self.cache_misses = m.counter(
+            "encoder_cache_misses_total", "User texts that needed the model.")
+        self.reclaimed = m.counter(
+            "encoder_reclaimed_total", "Expired claims this worker returned to the queue.")
+        self.stale_writes = m.counter(
+            "encoder_stale_writes_total",
+            "Embedding writes refused because a newer claim had written the user.")
+        self.queue_depth = m.gauge(
+            "encoder_queue_depth", "Users waiting (dirty) or being encoded (claimed).",
+            ("queue",))
+        self.oldest_dirty_age = m.gauge(
+            "encoder_oldest_dirty_age_seconds", "Age of the oldest unclaimed dirty mark.")
+        self.device = m.gauge(
+            "encoder_device_info", "1 for the device, dtype and model version in use.",
+            ("device", "dtype", "model_version"))
+
+    def set_device(self, device: str, dtype: str, model_version: str) -> None:
+        self.device.labels(device=device, dtype=dtype, model_version=model_version).set(1)
+
+    def serve(self, port: int) -> None:
+        """Expose ``/metrics`` (0 = off)."""
+        if port:
+            self.base.serve(port)
