@@ -237,8 +237,8 @@ class SyntheticStream:
         rng = random.Random(f"{self.seed}:{i}:{day}")
         date = start + timedelta(days=day)
         weekend = date.weekday() >= 5
-        p_active = min(0.95, persona.active_days * activity * self.activity * (persona.weekend if weekend
-                                                                  else 1.0))
+        habit = persona.weekend if weekend else 1.0
+        p_active = min(0.95, persona.active_days * activity * self.activity * habit)
         if rng.random() >= p_active:
             return []
         events: list[dict[str, Any]] = []
