@@ -1,0 +1,223 @@
+"""Event files (CSV or JSONL) into contract events, in event-time order.
+
+A ``Mapping`` says which source column feeds each event field
+(``user_id=CustomerID,ts=InvoiceDate``; fields not mapped are read from a column of their
+own name when there is one), constant values for fields the file lacks
+(``type=purchase``), how numeric timestamps are scaled (``auto`` guesses seconds,
+milliseconds or microseconds from the magnitude), an optional ``strptime`` format, and
+the zone given to timestamps written without one. Files without an event id get a
+deterministic one from the row's content (plus its occurrence count), so replaying the
+same file twice is deduplicated downstream. An optional item table joins titles and
+categories by item id (MovieLens: ``ratings.csv`` + ``movies.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from segstream.errors import ConfigError
+from segstream.features import zone
+
+FIELDS = ("event_id", "user_id", "ts", "type", "item_id", "category", "title", "price",
+          "quantity", "dwell_s", "rating")
+REQUIRED = ("user_id", "ts", "item_id")
+NUMERIC = {"price": float, "quantity": int, "dwell_s": float, "rating": float}
+
+
+def parse_pairs(text: str | None, what: str = "--map") -> dict[str, str]:
+    """``"a=B,c=D"`` -> ``{"a": "B", "c": "D"}``; a one-line ``ConfigError`` when malformed."""
+    pairs: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"{what}: expected FIELD=VALUE, got {part.strip()!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+@dataclass
+class Mapping:
+    """How a foreign file's columns become event fields."""
+
+    columns: dict[str, str] = field(default_factory=dict)    # event field -> column
+    constants: dict[str, str] = field(default_factory=dict)  # event field -> fixed value
+    ts_unit: str = "auto"                                    # auto | s | ms | us
+    ts_format: str | None = None                             # strptime format
+    timezone: str = "UTC"                                    # for naive timestamps
+
+    def __post_init__(self) -> None:
+        for name in [*self.columns, *self.constants]:
+            if name not in FIELDS:
+                raise ConfigError(f"unknown event field {name!r} (fields: {', '.join(FIELDS)})")
+        if self.ts_unit not in ("auto", "s", "ms", "us"):
+            raise ConfigError(f"ts unit must be auto, s, ms or us, not {self.ts_unit!r}")
+        zone(self.timezone)
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise ConfigError(f"{path.name}:{n}: not a JSON line") from None
+                    if isinstance(row, dict):
+                        yield row
+    elif suffix in (".csv", ".tsv", ".txt"):
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            sample = fh.read(8192)
+            fh.seek(0)
+            try:
+                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+            except csv.Error:
+                dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
+            yield from csv.DictReader(fh, dialect=dialect)
+    else:
+        raise ConfigError(f"{path.name}: unsupported file type (use .csv, .tsv or .jsonl)")
+
+
+def to_epoch_ms(value: Any, mapping: Mapping) -> int | None:
+    """Epoch milliseconds from a numeric or textual timestamp; None when unreadable."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            return _text_ts(text, mapping)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    unit = mapping.ts_unit
+    if unit == "auto":
+        unit = "s" if abs(value) < 1e11 else "ms" if abs(value) < 1e14 else "us"
+    return int(value * {"s": 1000, "ms": 1, "us": 0.001}[unit])
+
+
+def _text_ts(text: str, mapping: Mapping) -> int | None:
+    try:
+        if mapping.ts_format:
+            parsed = datetime.strptime(text, mapping.ts_format)
+        else:
+            parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone(mapping.timezone))
+    return int(parsed.timestamp() * 1000)
+
+
+def _number(value: Any, kind: type) -> Any:
+    """Numbers from text where they parse; anything else unchanged (validation judges it)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    return int(number) if kind is int and number.is_integer() else number
+
+
+@dataclass
+class ReadReport:
+    """What ``read_events`` did: rows read, events made, rows skipped and why."""
+
+    rows: int = 0
+    events: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def load_items(path: str | Path, mapping: Mapping) -> dict[str, dict[str, Any]]:
+    """An item table (item_id -> title/category/price) for joining onto events."""
+    items = {}
+    for row in _rows(Path(path)):
+        item_id = row.get(mapping.columns.get("item_id", "item_id"))
+        if item_id in (None, ""):
+            continue
+        items[str(item_id)] = {
+            name: row.get(mapping.columns.get(name, name))
+            for name in ("title", "category", "price")
+            if row.get(mapping.columns.get(name, name)) not in (None, "")}
+    return items
+
+
+def read_events(path: str | Path, mapping: Mapping | None = None,
+                items: dict[str, dict[str, Any]] | None = None,
+                report: ReadReport | None = None) -> list[dict[str, Any]]:
+    """All events of a CSV/JSONL file as contract dicts, sorted by event time (stable).
+
+    ``ts`` is epoch milliseconds. Rows without a user, item or readable timestamp are
+    skipped and counted in ``report``; other odd values are passed on for validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}")
+    mapping = mapping or Mapping()
+    report = report if report is not None else ReadReport()
+    seen: dict[str, int] = {}
+    events: list[dict[str, Any]] = []
+    checked = False
+    for row in _rows(path):
+        report.rows += 1
+        if not checked:
+            missing = [c for c in mapping.columns.values() if c not in row]
+            if missing:
+                raise ConfigError(f"{path.name}: no column {missing[0]!r} "
+                                  f"(columns: {', '.join(map(str, row))[:200]})")
+            checked = True
+        event: dict[str, Any] = {}
+        for name in FIELDS:
+            column = mapping.columns.get(name, name)
+            value = row.get(column)
+            if value in (None, "") and name in mapping.constants:
+                value = mapping.constants[name]
+            if value not in (None, ""):
+                event[name] = value
+        missing_required = [n for n in REQUIRED if n not in event]
+        if missing_required:
+            _skip(report, f"missing {missing_required[0]}")
+            continue
+        ts = to_epoch_ms(event["ts"], mapping)
+        if ts is None:
+            _skip(report, "unreadable ts")
+            continue
+        event["ts"] = ts
+        for name in ("user_id", "item_id", "event_id"):
+            if name in event:
+                event[name] = str(event[name])
+        if items and event["item_id"] in items:
+            for name, value in items[event["item_id"]].items():
+                event.setdefault(name, value)
+        for name, kind in NUMERIC.items():
+            if name in event:
+                event[name] = _number(event[name], kind)
+        event.setdefault("type", "view")
+        if "event_id" not in event:
+            digest = hashlib.blake2b(json.dumps(row, sort_keys=True, default=str).encode(),
+                                     digest_size=10).hexdigest()
+            seen[digest] = seen.get(digest, 0) + 1
+            event["event_id"] = f"{digest}-{seen[digest]}"
+        events.append({k: v for k, v in event.items() if v is not None})
+    events.sort(key=lambda e: e["ts"])
+    report.events = len(events)
+    return events
+
+
+def _skip(report: ReadReport, why: str) -> None:
+    report.skipped[why] = report.skipped.get(why, 0) + 1
