@@ -85,13 +85,13 @@ def pick_terms(ranked: Iterable[tuple[str, float]], n: int) -> list[str]:
 
 
 def label_and_description(ranked: list[tuple[str, float]], label_terms: int,
-                          description_terms: int, size: int) -> tuple[str, str]:
+                          description_terms: int) -> tuple[str, str]:
     """A short label (top distinguishing terms) and a one-sentence description."""
     top = pick_terms(ranked, max(label_terms, description_terms))
     if not top:
-        return "unlabelled", f"{size} users; no feature text seen yet."
+        return "unlabelled", "No feature text seen yet."
     label = " / ".join(top[:label_terms])
-    return label, f"{size} users; distinguished by: {', '.join(top[:description_terms])}."
+    return label, f"Distinguished by: {', '.join(top[:description_terms])}."
 
 
 def text_changes(old: str | None, new: str) -> dict[str, list[str]]:

@@ -342,6 +342,7 @@ class OnlineSegmenter:
                 continue
             seg = self.segments[sid]
             seg.retired_ms, seg.retired_version = now_ms, self.version
+            seg.anchor, seg.terms = np.zeros(0), {}  # label and lineage stay, bulk goes
             near = (self._nearest(before[sid], list(range(len(new_ids))))
                     if sid in before else None)
             if near is not None and near[1] <= tau2 and new_ids[near[0]] != sid:
@@ -481,7 +482,7 @@ class OnlineSegmenter:
             if not terms:
                 continue  # keep the previous label rather than blanking it
             seg.label, seg.description = seg_labels.label_and_description(
-                terms, c.label_terms, c.description_terms, seg.size)
+                terms, c.label_terms, c.description_terms)
             seg.top_terms = seg_labels.pick_terms(terms, c.description_terms)
         fam_terms: dict[str, dict[str, float]] = {}
         for fid, fam in self.families.items():
@@ -494,10 +495,9 @@ class OnlineSegmenter:
             fam_terms[fid] = merged
         for fid, terms in seg_labels.ctfidf(fam_terms).items():
             if terms:
-                size = sum(self.segments[s].size for s in self.families[fid].members)
                 fam = self.families[fid]
                 fam.label, fam.description = seg_labels.label_and_description(
-                    terms, c.label_terms, c.description_terms, size)
+                    terms, c.label_terms, c.description_terms)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

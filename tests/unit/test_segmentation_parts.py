@@ -38,9 +38,9 @@ def test_ctfidf_prefers_distinguishing_terms() -> None:
         add_text(a, "Mostly electronics (60%). Active on weekday evenings. Recently: earbuds.")
         add_text(b, "Mostly books (70%). Active on weekday evenings. Recently: novels.")
     ranked = ctfidf({"a": a, "b": b})
-    label, desc = label_and_description(ranked["a"], 2, 5, size=5)
+    label, desc = label_and_description(ranked["a"], 2, 5)
     assert "electronics" in label and "weekday" not in label
-    assert desc.startswith("5 users") and "earbuds" in desc
+    assert desc.startswith("Distinguished by") and "earbuds" in desc
     decay(a, 0.0)
     assert a == {}
 

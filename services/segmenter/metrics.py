@@ -1,0 +1,57 @@
+"""Prometheus metrics of the segmenter (``/metrics`` on ``segmenter.metrics_port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from segstream.metrics import ServiceMetrics
+
+OUTCOMES = ("processed", "duplicate", "coalesced", "applied-before", "missing-embedding",
+            "model-mismatch", "invalid")
+REASONS = ("first", "moved", "previous-retired")
+LINEAGE = ("birth", "split", "merge", "retire", "family-birth", "family-retire")
+
+
+class SegmenterMetrics:
+    """Segment sizes, changes, churn, centroid shift, inertia estimate and batch timings."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        m = ServiceMetrics("segmenter", registry)
+        self.base = m
+        self.entries = m.counter("segmenter_entries_total",
+                                 "Stream entries handled, by outcome", {"outcome": OUTCOMES})
+        self.changes = m.counter("segment_changes_total",
+                                 "Change records published, by reason", {"reason": REASONS})
+        self.assignments = m.counter("segmenter_assignments_total",
+                                     "Users assigned (changed or not)")
+        self.lineage = m.counter("segment_lineage_events_total",
+                                 "Lineage events, by kind", {"event": LINEAGE})
+        self.catalog = m.counter("segment_catalog_records_total",
+                                 "Catalog records published")
+        self.size = m.gauge("segment_size_users", "Users currently in each segment",
+                            ("segment",))
+        self.active = m.gauge("segments_active", "Active fine segments")
+        self.churn = m.gauge("segment_churn_ratio",
+                             "Share of re-assigned users that moved, last batch")
+        self.shift = m.gauge("segment_centroid_shift",
+                             "Largest centroid movement of the last update (L2)")
+        self.inertia = m.gauge("segment_inertia_estimate",
+                               "EWMA of the mean squared distance to the nearest centroid")
+        self.buffered = m.gauge("segmenter_cold_start_buffered_users",
+                                "Users buffered before the first fit")
+        self.version = m.gauge("segment_centroids_version", "Centroids version")
+        self.batch = m.histogram("segmenter_batch_seconds", "Time to handle one batch",
+                                 (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self._sized: set[str] = set()
+
+    def sizes(self, sizes: dict[str, int]) -> None:
+        """Set the size gauges; retired segments' series are removed."""
+        for sid in self._sized - set(sizes):
+            self.size.remove(sid)
+        for sid, n in sizes.items():
+            self.size.labels(sid).set(n)
+        self._sized = set(sizes)
+
+    def serve(self, port: int) -> None:
+        if port:
+            self.base.serve(port)

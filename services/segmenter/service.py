@@ -1,0 +1,381 @@
+"""The segmenter service: embedded users in, segment changes and the catalog out.
+
+One batch: read entries of the ``embedded`` stream with a consumer group, keep the newest
+entry per user, load the users' vectors, update the model and assign (``OnlineSegmenter``),
+then in this order: publish change records to ``topics.segments`` and wait for Kafka's
+acks; write the users' segment hashes and the model state to Redis; publish catalog
+entries that changed; and only then XACK the entries. A crash anywhere replays the batch:
+entries whose ids the stored state already lists as applied are only acked, so the
+model never learns a batch twice, and a user whose stored segment already matches emits
+nothing new (at-least-once output, idempotent state).
+
+Model updates are serialised across consumers by a Redis lease lock; every consumer
+reloads the model when the stored revision moved, so more consumers in the group share
+the work of reading, deduplicating and publishing, and take over from a dead one
+(``XAUTOCLAIM`` of entries idle longer than ``claim_idle_ms``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from segstream.config import Settings
+from segstream.errors import InfraError
+from segstream.kafka_io import KafkaClients
+from segstream.redis_io import Keys, redis_client
+from segstream.seg_engagement import EngagementThresholds, engagement_tier
+from segstream.seg_labels import text_changes
+from segstream.segmentation import Assignment, Observation, OnlineSegmenter, SegConfig
+from segstream.services.segmenter import store
+from segstream.services.segmenter.metrics import SegmenterMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ``embedded`` stream entry."""
+
+    id: str
+    user_id: str
+    model_version: str
+    text_hash: str
+    dirty_ms: int
+
+    @classmethod
+    def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry | None:
+        f = {k.decode(): v.decode() for k, v in fields.items()}
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        try:
+            return cls(eid, f["user_id"], f.get("model_version", ""), f.get("text_hash", ""),
+                       int(float(f.get("dirty_ms") or f.get("encoded_ms") or 0)))
+        except (KeyError, ValueError):
+            return None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SegmenterService:
+    """Reads the ``embedded`` stream, keeps the model current and publishes changes."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None,
+                 kafka: KafkaClients | None = None, consumer: str | None = None,
+                 metrics: SegmenterMetrics | None = None) -> None:
+        self.settings = settings
+        self.s = settings.segmenter
+        self.redis = client if client is not None else redis_client(settings.redis)
+        self.kafka = kafka or KafkaClients(settings.kafka)
+        self.keys = Keys(settings.redis.key_prefix)
+        self.sk = store.SegKeys(settings.redis.key_prefix)
+        self.stream = self.keys.embedded()
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = metrics or SegmenterMetrics()
+        self.config = SegConfig.from_settings(self.s)
+        self.thresholds = EngagementThresholds(self.s.new_days, self.s.at_risk_days,
+                                               self.s.dormant_days, self.s.loyal_frequency)
+        self.stop_event = threading.Event()
+        self.model = OnlineSegmenter(self.config)
+        self.rev = -1
+        self.applied: deque[str] = deque(maxlen=store.APPLIED_KEEP)
+        self._applied_set: set[str] = set()
+        self._catalog_sig: dict[str, str] = {}
+        self._catalog_at = 0.0
+        self._claim_at = 0.0
+        self._pending = True  # first read our own unacked entries (a restart after a crash)
+        self._producer: Any = None
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self) -> None:
+        """Process batches until SIGTERM/SIGINT or ``stop()``; the batch in hand finishes."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop_event.set())
+        self.metrics.serve(self.s.metrics_port)
+        self.ensure_group()
+        log.info("segmenter %s reading %s as group %s", self.consumer, self.stream, self.s.group)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.step()
+                except (redis.RedisError, InfraError, OSError) as exc:
+                    log.warning("batch failed, will retry: %s", exc)
+                    self._reset()
+                    self.stop_event.wait(1.0)
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=10)
+            self._producer.close(timeout=10)
+            self._producer = None
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.stream, self.s.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _reset(self) -> None:
+        """After a failed batch: forget in-memory changes, re-read our pending entries."""
+        self.rev = -1
+        self._pending = True
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = self.kafka.producer()
+        return self._producer
+
+    # ------------------------------------------------------------------ one batch
+    def step(self) -> int:
+        """Read and handle one batch; returns the number of entries handled."""
+        if time.monotonic() - self._claim_at > self.s.claim_idle_ms / 2000:
+            self._claim_at = time.monotonic()
+            claimed = self.redis.xautoclaim(self.stream, self.s.group, self.consumer,
+                                            self.s.claim_idle_ms, "0-0",
+                                            count=self.s.batch_size, justid=True)
+            if claimed and claimed[1]:
+                self._pending = True
+        start = "0" if self._pending else ">"
+        reply = self.redis.xreadgroup(self.s.group, self.consumer, {self.stream: start},
+                                      count=self.s.batch_size,
+                                      block=None if self._pending else self.s.block_ms)
+        raw = reply[0][1] if reply else []
+        if self._pending and not raw:
+            self._pending = False
+        if not raw:
+            return 0
+        t0 = time.perf_counter()
+        self.handle(raw)
+        self.metrics.batch.observe(time.perf_counter() - t0)
+        return len(raw)
+
+    def handle(self, raw: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Handle stream entries end to end (see the module docstring for the order)."""
+        ids = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in raw]
+        with self._model_lock() as lock:
+            self._refresh_model()
+            latest: dict[str, Entry] = {}
+            for eid, (_, fields) in zip(ids, raw, strict=True):
+                entry = Entry.parse(eid, fields)
+                if entry is None:
+                    self.metrics.entries.labels("invalid").inc()
+                    log.warning("stream entry %s has no user_id or a bad time: skipped", eid)
+                elif eid in self._applied_set:
+                    self.metrics.entries.labels("applied-before").inc()
+                else:
+                    if entry.user_id in latest:
+                        self.metrics.entries.labels("coalesced").inc()
+                    latest[entry.user_id] = entry
+            if latest:
+                self._apply(latest, lock)
+            self.redis.xack(self.stream, self.s.group, *ids)
+
+    def _apply(self, latest: dict[str, Entry], lock: Any) -> None:
+        users = list(latest)
+        pipe = self.redis.pipeline(transaction=False)
+        for uid in users:
+            pipe.hgetall(self.keys.user(uid, "emb"))
+            pipe.hgetall(self.sk.user(uid))
+            pipe.get(self.keys.user(uid, "text"))
+        got = pipe.execute()
+        states: dict[str, dict[str, Any]] = {}
+        obs: list[Observation] = []
+        for i, uid in enumerate(users):
+            emb, seg, text = got[3 * i], store.decode_hash(got[3 * i + 1]), got[3 * i + 2]
+            entry = latest[uid]
+            outcome = self._observation(uid, entry, emb, seg, text, states, obs)
+            self.metrics.entries.labels(outcome).inc()
+        t = now_ms()
+        assignments = self.model.observe(obs, t) if obs else []
+        self._fill_missing_states(assignments, states)
+        records = [self._assign(a, states, t) for a in assignments]
+        changes = [r for r in records if r is not None]
+        self._publish(self.settings.topics.segments, [(r["user_id"], r) for r in changes])
+        events = self.model.drain_events()
+        self._persist(states, [e.id for e in latest.values()], lock, t)
+        self._publish_catalog(events, t)
+        self._observe_metrics(assignments, changes, events)
+
+    def _observation(self, uid: str, entry: Entry, emb: dict[bytes, bytes],
+                     seg: dict[str, str], text: bytes | None, states: dict[str, dict[str, Any]],
+                     obs: list[Observation]) -> str:
+        if b"vec" not in emb:
+            return "missing-embedding"
+        mv = emb.get(b"model_version", b"").decode() or entry.model_version
+        th = emb.get(b"text_hash", b"").decode() or entry.text_hash
+        if self.model.model_version is None:
+            self.model.model_version = mv
+        elif mv != self.model.model_version:
+            return "model-mismatch"
+        if seg.get("text_hash") == th and seg.get("model_version") == mv:
+            return "duplicate"
+        first = int(seg.get("first_seen_ms") or entry.dirty_ms)
+        state: dict[str, Any] = {
+            **seg, "text_hash": th, "model_version": mv, "event_ms": entry.dirty_ms,
+            "first_seen_ms": min(first, entry.dirty_ms),
+            "last_active_ms": max(int(seg.get("last_active_ms") or 0), entry.dirty_ms),
+            "frequency": int(seg.get("frequency") or 0) + 1,
+        }
+        states[uid] = state
+        vec = np.frombuffer(emb[b"vec"], dtype=np.float16).astype(np.float32)
+        obs.append(Observation(uid, vec, text.decode() if text else "",
+                               seg.get("segment_id") or None))
+        return "processed"
+
+    def _fill_missing_states(self, assignments: list[Assignment],
+                             states: dict[str, dict[str, Any]]) -> None:
+        """Users assigned from the cold-start buffer were read in earlier batches."""
+        missing = [a.key for a in assignments if a.key not in states]
+        if not missing:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for uid in missing:
+            pipe.hgetall(self.sk.user(uid))
+        for uid, raw in zip(missing, pipe.execute(), strict=True):
+            seg = store.decode_hash(raw)
+            last = int(seg.get("last_active_ms") or now_ms())
+            states[uid] = {**seg, "event_ms": last, "last_active_ms": last,
+                           "first_seen_ms": int(seg.get("first_seen_ms") or last),
+                           "frequency": int(seg.get("frequency") or 1),
+                           "model_version": self.model.model_version or ""}
+
+    def _assign(self, a: Assignment, states: dict[str, dict[str, Any]], t: int
+                ) -> dict[str, Any] | None:
+        st = states[a.key]
+        tier = engagement_tier(int(st["first_seen_ms"]), int(st["last_active_ms"]),
+                               int(st["frequency"]), t, thresholds=self.thresholds)
+        seg = self.model.segments[a.segment_id]
+        record = None
+        if a.changed:
+            record = store.change_record(
+                a, seg.label, tier, text_changes(st.get("text"), a.text),
+                self.model.model_version or "", self.model.version, int(st["event_ms"]), t)
+            st["text"] = a.text
+        st.update({
+            "segment_id": a.segment_id, "confidence": a.confidence,
+            "memberships": json.dumps([[s, round(w, 6)] for s, w in a.memberships]),
+            "tier_path": json.dumps(a.tier_path), "label": seg.label, "engagement": tier,
+            "centroids_version": self.model.version, "assigned_ms": t,
+        })
+        return record
+
+    def _persist(self, states: dict[str, dict[str, Any]], entry_ids: list[str], lock: Any,
+                 t: int) -> None:
+        if not lock.owned():
+            raise InfraError("lost the segmenter model lock mid-batch; batch will be replayed")
+        for eid in entry_ids:
+            if len(self.applied) == self.applied.maxlen:
+                self._applied_set.discard(self.applied[0])
+            self.applied.append(eid)
+            self._applied_set.add(eid)
+        pipe = self.redis.pipeline(transaction=False)
+        for uid, st in states.items():
+            fields = {k: v for k, v in st.items() if k != "event_ms" and v is not None}
+            pipe.hset(self.sk.user(uid), mapping=fields)
+        entries = store.catalog_entries(self.model, t)
+        if entries:
+            pipe.hset(self.sk.catalog, mapping={k: json.dumps(v) for k, v in entries.items()})
+        pipe.hset(self.sk.state, mapping={
+            "model": store.encode_model(self.model), "version": self.model.version,
+            "applied": json.dumps(list(self.applied)),
+        })
+        pipe.hincrby(self.sk.state, "rev", 1)
+        self.rev = int(pipe.execute()[-1])
+        self._entries = entries
+
+    def _publish_catalog(self, events: list[dict[str, Any]], t: int) -> None:
+        entries = self._entries
+        full = time.monotonic() - self._catalog_at > self.s.catalog_refresh_s
+        touched = {e["segment_id"]: e for e in events}
+        out = []
+        for sid, entry in entries.items():
+            sig = store.signature(entry)
+            if full or sid in touched or self._catalog_sig.get(sid) != sig:
+                if sid in touched:
+                    ev = touched[sid]
+                    entry = {**entry, "event": {"event": ev["event"], "parents": ev["parents"],
+                                                "into": ev["into"], "at": store.iso(ev["at_ms"])}}
+                out.append((sid, entry))
+                self._catalog_sig[sid] = sig
+        if full:
+            self._catalog_at = time.monotonic()
+        self._publish(self.settings.topics.catalog, out)
+        self.metrics.catalog.inc(len(out))
+
+    def _publish(self, topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send and wait for every ack (raises on failure, so nothing gets acked)."""
+        if not records:
+            return
+        futures = [self.producer.send(topic, key=k.encode(), value=json.dumps(v).encode())
+                   for k, v in records]
+        self.producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000)
+        for f in futures:
+            f.get(timeout=self.settings.kafka.request_timeout_ms / 1000)
+
+    def _observe_metrics(self, assignments: list[Assignment], changes: list[dict[str, Any]],
+                         events: list[dict[str, Any]]) -> None:
+        m = self.metrics
+        m.assignments.inc(len(assignments))
+        for r in changes:
+            m.changes.labels(r["explanation"]["reason"]).inc()
+        for e in events:
+            m.lineage.labels(e["event"]).inc()
+        seen_before = [a for a in assignments if a.previous_segment_id is not None]
+        if seen_before:
+            m.churn.set(sum(a.changed for a in seen_before) / len(seen_before))
+        m.sizes({sid: self.model.segments[sid].size for sid in self.model.slot_ids})
+        m.active.set(len(self.model.slot_ids))
+        m.shift.set(self.model.last_shift)
+        m.inertia.set(self.model.inertia)
+        m.buffered.set(len(self.model.buffer))
+        m.version.set(self.model.version)
+
+    # ------------------------------------------------------------------ model state
+    @contextlib.contextmanager
+    def _model_lock(self) -> Iterator[Any]:
+        lock = self.redis.lock(self.sk.lock, timeout=self.s.lock_ttl_s,
+                               blocking_timeout=self.s.lock_ttl_s * 2)
+        if not lock.acquire():
+            raise InfraError("could not take the segmenter model lock")
+        try:
+            yield lock
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+    def _refresh_model(self) -> None:
+        """Reload the model when another writer (or a restart) moved the stored revision."""
+        if store.read_rev(self.redis, self.sk) == self.rev:
+            return
+        model, rev, applied = store.read_state(self.redis, self.sk)
+        if model is None:
+            model = OnlineSegmenter(self.config)
+        elif model.config != self.config:
+            log.warning("stored segmenter state uses %s; settings say %s: keeping the stored "
+                        "one", model.config, self.config)
+        self.model, self.rev = model, rev
+        self.applied = deque(applied, maxlen=store.APPLIED_KEEP)
+        self._applied_set = set(self.applied)

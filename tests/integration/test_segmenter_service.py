@@ -1,0 +1,242 @@
+"""The segmenter service against the real Kafka broker and Redis.
+
+Vectors enter through the encoder's contract (``emb`` hash + ``embedded`` stream entry),
+records are read back from the real topics and validated against the JSON Schemas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import redis
+from sklearn.metrics import adjusted_rand_score
+
+from segstream.config import Settings
+from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.redis_io import Keys
+from segstream.services.cli import main as cli_main
+from segstream.services.segmenter import store
+from segstream.services.segmenter.cli import catalog, user_segment_info
+from segstream.services.segmenter.service import SegmenterService
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+DIM = 384
+MODES = np.random.default_rng(42).normal(size=(3, DIM))
+TOPICS = ("guitars and amplifiers", "espresso and coffee grinders", "trail running shoes")
+
+
+@pytest.fixture
+def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
+    s = infra.model_copy(deep=True)
+    s.redis.key_prefix = unique
+    s.topics.events, s.topics.dlq = f"{unique}.events", f"{unique}.dlq"
+    s.topics.segments, s.topics.catalog = f"{unique}.segments", f"{unique}.catalog"
+    s.topics.segments_partitions = 3
+    s.segmenter = s.segmenter.model_copy(update={
+        "k": 3, "cold_start_factor": 10, "metrics_port": 0, "block_ms": 50,
+        "half_life_points": 500.0, "catalog_refresh_s": 3600.0})
+    admin = kafka.admin()
+    ensure_topics(admin, topic_specs(s.topics))
+    admin.close()
+    return s
+
+
+class Feeder:
+    """Writes what the encoder would: the emb hash, the feature text, a stream entry."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.r = client
+        self.keys = Keys(settings.redis.key_prefix)
+        self.rng = np.random.default_rng(7)
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def user(self, uid: str, mode: int, text: str | None = None,
+             vec: np.ndarray | None = None) -> None:
+        if vec is None:
+            vec = MODES[mode] + 0.3 * self.rng.normal(size=DIM)
+            vec = vec / np.linalg.norm(vec)
+        self.vectors[uid] = vec
+        text = text or f"Last 30 days: 12 views. Mostly {TOPICS[mode]}. Active on evenings."
+        th = hashlib.sha1(text.encode()).hexdigest()[:16]
+        now = int(time.time() * 1000)
+        self.r.set(self.keys.user(uid, "text"), text)
+        self.r.hset(self.keys.user(uid, "emb"), mapping={
+            "vec": vec.astype(np.float16).tobytes(), "model_version": "test-model@1",
+            "text_hash": th, "encoded_ms": now})
+        self.r.xadd(self.keys.embedded(), {"user_id": uid, "model_version": "test-model@1",
+                                           "text_hash": th, "dirty_ms": now - 5,
+                                           "encoded_ms": now})
+
+
+class Topic:
+    """Reads every record of a topic from the beginning, accumulating across calls."""
+
+    def __init__(self, kafka: KafkaClients, name: str) -> None:
+        self.consumer = kafka.consumer(name, group_id=None, consumer_timeout_ms=200)
+        self.records: list[dict[str, Any]] = []
+
+    def poll(self) -> list[dict[str, Any]]:
+        for batch in self.consumer.poll(timeout_ms=200).values():
+            self.records.extend(json.loads(m.value) for m in batch)
+        return self.records
+
+    def wait_for(self, n: int, what: str) -> list[dict[str, Any]]:
+        return wait_until(lambda: len(self.poll()) >= n and self.records, 60, what=what)
+
+
+def start(settings: Settings, kafka: KafkaClients, name: str) -> tuple[SegmenterService,
+                                                                       threading.Thread]:
+    svc = SegmenterService(settings, kafka=kafka, consumer=name)
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    return svc, thread
+
+
+def stop(svc: SegmenterService, thread: threading.Thread) -> None:
+    svc.stop()
+    thread.join(15)
+    assert not thread.is_alive()
+
+
+def drained(client: redis.Redis, settings: Settings) -> bool:
+    info = client.xinfo_groups(Keys(settings.redis.key_prefix).embedded())
+    group = next(g for g in info if g["name"].decode() == settings.segmenter.group)
+    return group["pending"] == 0 and group.get("lag", 0) == 0
+
+
+def test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
+    change_schema = store.load_schema("segment_change")
+    catalog_schema = store.load_schema("catalog_entry")
+    feed = Feeder(redis_conn, settings)
+    seg_topic = Topic(kafka, settings.topics.segments)
+    cat_topic = Topic(kafka, settings.topics.catalog)
+    truth = {f"u{i}": i % 3 for i in range(45)}
+
+    svc, thread = start(settings, kafka, "seg-a")
+    try:
+        for uid, mode in truth.items():
+            feed.user(uid, mode)
+        first = seg_topic.wait_for(45, "first assignments of the cold-start users")
+        assert len(first) == 45  # one record per user, none before the cold start
+        for rec in first:
+            jsonschema.validate(rec, change_schema)
+            assert rec["previous_segment_id"] is None
+            assert rec["explanation"]["reason"] == "first"
+        seg_of = {r["user_id"]: r["segment_id"] for r in first}
+        assert adjusted_rand_score(list(truth.values()), [seg_of[u] for u in truth]) == 1.0
+        ids_before = set(seg_of.values())
+
+        # repeats: the same entry again, and the same embedding under a new text hash
+        for uid in list(truth)[:6]:
+            feed.user(uid, truth[uid], vec=feed.vectors[uid])
+        wait_until(lambda: drained(redis_conn, settings), 30, what="repeats handled")
+        assert svc.metrics.entries.labels("duplicate")._value.get() == 6
+        for uid in list(truth)[:6]:
+            feed.user(uid, truth[uid], vec=feed.vectors[uid],
+                      text=f"Mostly {TOPICS[truth[uid]]}. Active on evenings and weekends.")
+        wait_until(lambda: drained(redis_conn, settings), 30, what="new texts handled")
+        info = user_segment_info(settings, redis_conn, "u0")
+        assert info is not None and info["segment_id"] == seg_of["u0"]
+        assert info["tier_path"][-1] == seg_of["u0"] and len(info["memberships"]) == 3
+        assert b"segstream_segment_churn_ratio" in svc.metrics.base.exposition()
+    finally:
+        stop(svc, thread)
+
+    svc2, thread2 = start(settings, kafka, "seg-b")  # a restart: state comes from Redis
+    try:
+        later = {f"v{i}": i % 3 for i in range(12)}
+        for uid, mode in later.items():
+            feed.user(uid, mode)
+        records = seg_topic.wait_for(45 + 12, "assignments after the restart")
+        assert len(records) == 57  # the repeats emitted nothing
+        for rec in records[45:]:
+            jsonschema.validate(rec, change_schema)
+            assert rec["user_id"].startswith("v")
+            assert rec["centroids_version"] > 1
+        mode_to_seg = {truth[u]: s for u, s in seg_of.items()}
+        assert {r["user_id"]: r["segment_id"] for r in records[45:]} == {
+            u: mode_to_seg[m] for u, m in later.items()}  # same ids as before the restart
+    finally:
+        stop(svc2, thread2)
+
+    cats = cat_topic.wait_for(3 + 1, "catalog entries")
+    for rec in cats:
+        jsonschema.validate(rec, catalog_schema)
+    fine = [e for e in catalog(settings, redis_conn) if e["tier"] == 2]
+    assert {e["segment_id"] for e in fine} == ids_before
+    assert sum(e["size"] for e in fine) == 57
+    assert all(e["label"] != "unlabelled" and e["description"] for e in fine)
+    labels = {e["segment_id"]: e["label"] for e in fine}
+    assert "guitars" in labels[mode_to_seg[0]] or "amplifiers" in labels[mode_to_seg[0]]
+
+
+def test_redelivered_batch_is_applied_once(settings: Settings, redis_conn: redis.Redis,
+                                           kafka: KafkaClients) -> None:
+    settings.segmenter.cold_start_factor = 2
+    feed = Feeder(redis_conn, settings)
+    for i in range(12):
+        feed.user(f"u{i}", i % 3)
+    svc = SegmenterService(settings, kafka=kafka, consumer="replay")
+    svc.ensure_group()
+    stream = Keys(settings.redis.key_prefix).embedded()
+    raw = redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: ">"})[0][1]
+    svc.handle(raw)
+    version = svc.model.version
+    for i in range(12):
+        feed.user(f"w{i}", i % 3)
+    raw2 = redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: ">"})[0][1]
+    fresh = SegmenterService(settings, kafka=kafka, consumer="replay")  # after a crash
+    fresh.handle(raw2)
+    fresh.handle(raw2)  # delivered again (ack lost): the model must not learn it twice
+    fresh.close()
+    svc.close()
+    model, _, _ = store.read_state(redis_conn, store.SegKeys(settings.redis.key_prefix))
+    assert model is not None and model.version == version + 1
+    assert fresh.metrics.entries.labels("applied-before")._value.get() == 12
+    assert sum(model.segments[s].size for s in model.slot_ids) == 24
+
+
+def test_segments_cli_and_sigterm(settings: Settings, redis_conn: redis.Redis,
+                                  kafka: KafkaClients, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"SEGSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+           "SEGSTREAM_TOPICS__SEGMENTS": settings.topics.segments,
+           "SEGSTREAM_TOPICS__CATALOG": settings.topics.catalog,
+           "SEGSTREAM_SEGMENTER__K": "3", "SEGSTREAM_SEGMENTER__METRICS_PORT": "0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert cli_main(["segments", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    proc = subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run",
+                             "segmenter"], env={**os.environ, **env},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        feed = Feeder(redis_conn, settings)
+        for i in range(30):
+            feed.user(f"u{i}", i % 3)
+        keys = store.SegKeys(settings.redis.key_prefix)
+        wait_until(lambda: redis_conn.hlen(keys.catalog) >= 3, 60, what="segmenter started")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert cli_main(["segments", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(e["segment_id"] for e in rows if e["tier"] == 2) == ["s1", "s2", "s3"]
+    assert all({"label", "size", "description", "tier_path"} <= set(e) for e in rows)
