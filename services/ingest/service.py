@@ -1,0 +1,286 @@
+"""The ingest consumer: Kafka events -> validation and cleaning -> Redis features -> texts.
+
+Dead-letter records (``settings.topics.dlq``) keep the original key and value bytes (a
+tombstone stays a tombstone) and carry these headers (UTF-8 values):
+
+- ``segstream.reason``            the reason code (``segstream.events.REASONS``)
+- ``segstream.detail``            a human-readable detail, at most 200 characters
+- ``segstream.source.topic``      the topic the record was read from
+- ``segstream.source.partition``  its partition (decimal)
+- ``segstream.source.offset``     its offset (decimal)
+- ``segstream.source.timestamp``  its Kafka timestamp, epoch ms (decimal)
+
+Delivery to the DLQ is at-least-once (a crash before the offset commit produces the same
+dead letter again); feature state is effectively once (see ``feature_store``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from kafka import TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from segstream.config import Settings
+from segstream.errors import InvalidEvent
+from segstream.events import Event, parse_event
+from segstream.feature_store import FeatureStore, PendingEvent
+from segstream.feature_text import render
+from segstream.features import increments, summarize, zone
+from segstream.kafka_io import KafkaClients
+from segstream.redis_io import check_redis, redis_client
+from segstream.services.ingest.metrics import IngestMetrics
+
+log = logging.getLogger("segstream.ingest")
+STATUS_OUTCOME = {"A": ("applied", ""), "R": ("duplicate", "redelivery"),
+                  "D": ("duplicate", "event_id"), "B": ("cleaned", "bot_rate"),
+                  "O": ("cleaned", "outside_window")}
+
+
+@dataclass
+class Cleaned:
+    """A valid event that a cleaning rule drops."""
+
+    rule: str
+    detail: str
+
+
+@dataclass
+class BatchResult:
+    """Counts of one processed batch (also what tests and the benchmark read)."""
+
+    records: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    users: int = 0
+    marked: int = 0
+
+
+@dataclass
+class RunStats:
+    records: int = 0
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+def dlq_headers(record: Any, reason: str, detail: str) -> list[tuple[str, bytes]]:
+    """The provenance headers of a dead letter (see the module docstring)."""
+    return [("segstream.reason", reason.encode()),
+            ("segstream.detail", detail[:200].encode("utf-8", "replace")),
+            ("segstream.source.topic", record.topic.encode()),
+            ("segstream.source.partition", str(record.partition).encode()),
+            ("segstream.source.offset", str(record.offset).encode()),
+            ("segstream.source.timestamp", str(record.timestamp).encode())]
+
+
+class IngestService:
+    """One member of the ``segstream-ingest`` consumer group."""
+
+    def __init__(self, settings: Settings, kafka: KafkaClients | None = None,
+                 client: redis.Redis | None = None, metrics: IngestMetrics | None = None
+                 ) -> None:
+        self.settings = settings
+        self.cfg = settings.ingest
+        zone(self.cfg.timezone)  # fail fast on a bad zone name
+        self.kafka = kafka or KafkaClients(settings.kafka)
+        self.redis = client or redis_client(settings.redis)
+        self.metrics = metrics or IngestMetrics()
+        self.store = FeatureStore(self.redis, settings)
+        self.allowed_types = settings.events.allowed_types
+        self.stop_event = threading.Event()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._last_gauges = 0.0
+
+    # ---- validation and cleaning (stateless) -------------------------------------------
+
+    def check(self, value: bytes | None, now_ms: int) -> Event | Cleaned:
+        """The event in a record value, or ``Cleaned``; raises ``InvalidEvent``."""
+        event = parse_event(value if value is not None else b"", self.allowed_types,
+                            self.settings.events.max_record_bytes)
+        for name in ("event_id", "user_id", "item_id"):
+            try:
+                getattr(event, name).encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidEvent("bad_value", f"{name} is not valid Unicode") from None
+        cfg = self.cfg
+        if event.price is not None and event.price > cfg.max_price:
+            return Cleaned("absurd_value", f"price {event.price:g} > {cfg.max_price:g}")
+        if event.quantity is not None and event.quantity > cfg.max_quantity:
+            return Cleaned("absurd_value", f"quantity {event.quantity} > {cfg.max_quantity}")
+        if event.dwell_s is not None and event.dwell_s > cfg.max_dwell_s:
+            return Cleaned("absurd_value", f"dwell_s {event.dwell_s:g} > {cfg.max_dwell_s:g}")
+        if event.ts_ms > now_ms + cfg.max_future_s * 1000:
+            return Cleaned("future", "ts is too far in the future")
+        if cfg.max_age_days and event.ts_ms < now_ms - cfg.max_age_days * 86_400_000:
+            return Cleaned("too_old", f"ts is older than {cfg.max_age_days:g} days")
+        return event
+
+    # ---- one batch ---------------------------------------------------------------------
+
+    def handle_batch(self, records: Sequence[Any], commit: Callable[[dict], None]) -> BatchResult:
+        """Process one polled batch and commit its offsets, in this order:
+
+        1. Validate and clean every record; produce the invalid ones to the DLQ (original
+           bytes, reason and source headers) and **flush** the producer, so no dead letter
+           is lost once offsets move on.
+        2. Apply the valid events to Redis: one Lua call per user (dedup by offset
+           watermark and event id, bot rule, bucket increments, titles), pipelined by
+           ``redis_chunk`` events, and wait until Redis acknowledged every call.
+        3. Re-render the feature text of every user touched by the batch, including users
+           whose events were all duplicates; write the texts that changed and ``ZADD NX``
+           those users to the dirty queue (also users with redelivered events, whose mark
+           a crash between a text write and its mark could have lost).
+        4. Commit the offsets after the last record of each partition in the batch.
+
+        A crash anywhere before 4 redelivers the batch: steps 1-3 are idempotent for the
+        state (redelivered records are skipped by their offset watermark), so nothing is
+        lost or counted twice. Errors in 1-3 propagate and nothing is committed.
+        """
+        m = self.metrics
+        result = BatchResult(records=len(records))
+        now_ms = int(time.time() * 1000)
+        by_user: dict[str, list[PendingEvent]] = defaultdict(list)
+        dead_letters = []
+        m.consumed.inc(len(records))
+        for record in records:
+            try:
+                checked = self.check(record.value, now_ms)
+            except InvalidEvent as exc:
+                dead_letters.append(self._producer.send(
+                    self.settings.topics.dlq, key=record.key, value=record.value,
+                    headers=dlq_headers(record, exc.reason, exc.detail)))
+                m.dead_lettered.labels(reason=exc.reason).inc()
+                result.outcomes[f"dead_lettered:{exc.reason}"] += 1
+                continue
+            m.valid.inc()
+            if isinstance(checked, Cleaned):
+                m.cleaned.labels(rule=checked.rule).inc()
+                result.outcomes[f"cleaned:{checked.rule}"] += 1
+                continue
+            by_user[checked.user_id].append(PendingEvent(
+                checked.event_id, increments(checked, self.cfg), record.topic,
+                record.partition, record.offset))
+        if dead_letters:                                                      # step 1
+            self._producer.flush()
+            for future in dead_letters:
+                future.get(timeout=30)  # raises when the broker did not take it
+
+        results = self.store.apply(by_user) if by_user else {}                # step 2
+        updates = []
+        for uid, res in results.items():                                      # step 3
+            for letter in res.statuses:
+                outcome, label = STATUS_OUTCOME[letter]
+                result.outcomes[f"{outcome}:{label}" if label else outcome] += 1
+                if outcome == "applied":
+                    m.applied.inc()
+                elif outcome == "duplicate":
+                    m.duplicates.labels(kind=label).inc()
+                else:
+                    m.cleaned.labels(rule=label).inc()
+            text = render(summarize(res.state, self.cfg), self.cfg)
+            changed = text != res.text
+            m.texts_changed.inc(changed)
+            updates.append((uid, text, changed or "R" in res.statuses))
+        result.users = len(results)
+        result.marked = self.store.store_texts(updates)
+        m.dirty_marks.inc(result.marked)
+
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        commit(offsets)                                                       # step 4
+        return result
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _commit(self, offsets: dict) -> None:
+        try:
+            self._consumer.commit(offsets)
+        except CommitFailedError as exc:  # rebalanced meanwhile: the new owner redelivers
+            log.warning("offset commit refused after a rebalance (%s); the batch will be "
+                        "redelivered and skipped by its watermarks", exc)
+
+    def _update_gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._last_gauges < 1.0:
+            return
+        self._last_gauges = now
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                self.metrics.lag.labels(partition=str(tp.partition)).set(
+                    max(0, high - consumer.position(tp)))
+        self.metrics.dirty_users.set(self.store.dirty_count())
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: finish the batch in hand, commit, leave the group, return."""
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("signal %d: finishing the current batch", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self, idle_exit_s: float | None = None, max_records: int | None = None
+            ) -> RunStats:
+        """Consume until stopped (signal, ``stop_event``), idle or ``max_records`` read."""
+        cfg = self.cfg
+        check_redis(self.redis)
+        self._consumer = self.kafka.consumer(
+            self.settings.topics.events, group_id=cfg.group_id,
+            max_poll_records=cfg.max_poll_records,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            fetch_max_bytes=max(cfg.max_partition_fetch_bytes, 8 * 1024 * 1024))
+        self._producer = self.kafka.producer()
+        stats = RunStats()
+        idle_since = time.monotonic()
+        log.info("ingest consuming %s as group %s", self.settings.topics.events, cfg.group_id)
+        try:
+            while not self.stop_event.is_set():
+                polled = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms,
+                                             max_records=cfg.max_poll_records)
+                records = [r for batch in polled.values() for r in batch]
+                if records:
+                    started = time.perf_counter()
+                    result = self._handle_with_retry(records)
+                    if result is None:
+                        break  # stopped while retrying: nothing committed, redelivered later
+                    self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                    stats.records += len(records)
+                    stats.batches += 1
+                    stats.outcomes.update(result.outcomes)
+                    idle_since = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+                self._update_gauges()
+                if max_records is not None and stats.records >= max_records:
+                    break
+        finally:
+            self._consumer.close(autocommit=False)
+            self._producer.close(timeout=10)
+        log.info("ingest stopped after %d records in %d batches", stats.records, stats.batches)
+        return stats
+
+    def _handle_with_retry(self, records: Sequence[Any]) -> BatchResult | None:
+        """``handle_batch`` with backoff while Redis or Kafka are unavailable."""
+        delay = 0.5
+        while True:
+            try:
+                return self.handle_batch(records, self._commit)
+            except (redis.RedisError, KafkaError) as exc:
+                log.error("batch failed (%s: %s); retrying in %.1fs", type(exc).__name__,
+                          exc, delay)
+                if self.stop_event.wait(delay):
+                    return None
+                delay = min(delay * 2, 30.0)
