@@ -63,11 +63,11 @@ def money_bucket(amount: float, thousands: str = ",") -> str:
 
 
 def share(part: float, total: float) -> int:
-    """``part / total`` in percent, rounded to the nearest 10 (at least 10)."""
+    """``part / total`` in percent, rounded to the nearest 10."""
     part, total = _finite_int(part), _finite_int(total)
     if total <= 0 or part <= 0:
         return 0
-    return max(10, min(100, round(part * 10 / total) * 10))
+    return min(100, round(part * 10 / total) * 10)
 
 
 def recency_days(days: int | None) -> str | None:
