@@ -120,6 +120,7 @@ class IngestSettings(BaseModel):
     max_poll_records: int = Field(default=500, ge=1, le=10_000)
     poll_timeout_ms: int = Field(default=500, ge=10)
     max_partition_fetch_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
+    session_timeout_ms: int = Field(default=10_000, ge=6_000)
     redis_chunk: int = Field(default=500, ge=1, le=10_000)
     dedup_ttl_s: int = Field(default=7 * 86_400, ge=60)
     dedup_max_per_user: int = Field(default=120, ge=1)

@@ -241,6 +241,7 @@ class IngestService:
             self.settings.topics.events, group_id=cfg.group_id,
             max_poll_records=cfg.max_poll_records,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            session_timeout_ms=cfg.session_timeout_ms,
             fetch_max_bytes=max(cfg.max_partition_fetch_bytes, 8 * 1024 * 1024))
         self._producer = self.kafka.producer()
         stats = RunStats()
@@ -261,6 +262,8 @@ class IngestService:
                     stats.batches += 1
                     stats.outcomes.update(result.outcomes)
                     idle_since = time.monotonic()
+                elif not self._consumer.assignment():
+                    idle_since = time.monotonic()  # still joining the group: not idle yet
                 elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 self._update_gauges()
