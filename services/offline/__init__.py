@@ -1,0 +1,1 @@
+"""The offline path: segment a historical file (fit) and evaluate segments (eval)."""
