@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segstream.config import LocalInfraSettings, Settings
-from segstream.errors import InfraError, PortInUse
+from segstream.errors import ConfigError, InfraError, PortInUse
 from segstream.kafka_io import KafkaClients, describe, ensure_topics, topic_specs
 from segstream.redis_io import check_redis, redis_client
 
@@ -289,6 +289,9 @@ class LocalKafka:
             _require_free(self.local.kafka_port, "Kafka", "SEGSTREAM_LOCAL__KAFKA_PORT")
             _require_free(self.local.kafka_controller_port, "Kafka controller",
                           "SEGSTREAM_LOCAL__KAFKA_CONTROLLER_PORT")
+            if self.local.kafka_sasl_port:
+                _require_free(self.local.kafka_sasl_port, "Kafka SASL",
+                              "SEGSTREAM_LOCAL__KAFKA_SASL_PORT")
 
     def _java(self, lib: Path, *args: str, heap_mb: int = 256) -> list[str]:
         return ["java", f"-Xmx{heap_mb}m",
@@ -300,19 +303,29 @@ class LocalKafka:
         data = self.dir / "data"
         props = self.dir / "server.properties"
         port, cport = self.local.kafka_port, self.local.kafka_controller_port
-        props.write_text(_properties(KAFKA_DIR / "server.properties", {
+        overrides = {
             "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
             "controller.quorum.voters": f"1@127.0.0.1:{cport}",
             "log.dirs": str(data),
-        }))
+        }
+        overrides.update(_sasl_overrides(self.local, overrides))
+        # the SASL users' passwords may be in it: readable by the owner only
+        props.touch(mode=0o600)
+        props.chmod(0o600)
+        props.write_text(_properties(KAFKA_DIR / "server.properties", overrides))
         if not (data / "meta.properties").exists():
             id_file = self.dir / "cluster.id"
             if not id_file.exists():
                 id_file.write_text(_kafka_cluster_id())
+            scram = [arg for user, secret in sorted(self.local.kafka_sasl_users.items())
+                     for mech in SCRAM_MECHANISMS
+                     for arg in ("--add-scram", f"{mech}=[name={user},"
+                                 f"password={secret.get_secret_value()}]")
+                     ] if self.local.kafka_sasl_port else []
             done = subprocess.run(
                 self._java(lib, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                           "-t", id_file.read_text().strip(), "-c", str(props)),
+                           "-t", id_file.read_text().strip(), "-c", str(props), *scram),
                 capture_output=True, text=True,
             )
             if done.returncode != 0:
@@ -369,11 +382,58 @@ class LocalKafka:
         origin = "jars from Maven Central" if pid else "not started by segstream"
         extra = {name: ", ".join(f"{k}={v}" for k, v in info.items())
                  for name, info in topics.items()}
+        if self.local.kafka_sasl_port:
+            extra["SASL_PLAINTEXT listener"] = (
+                f"127.0.0.1:{self.local.kafka_sasl_port} (PLAIN, {', '.join(SCRAM_MECHANISMS)};"
+                f" {len(self.local.kafka_sasl_users)} user(s))")
         return ServiceStatus("kafka", pid, True, f"Apache Kafka {kafka_version()} (KRaft, "
                              f"{origin}) on {self._bootstrap()}", extra)
 
     def stop(self) -> bool:
         return _stop(self.pid_file, self.marker, self.local.stop_timeout_s)
+
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_USER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SASL_PASSWORD = re.compile(r"^[^\s\"\\;,=\[\]]{1,128}$")
+
+
+def _sasl_overrides(local: LocalInfraSettings, base: dict[str, str]) -> dict[str, str]:
+    """server.properties entries for the opt-in SASL_PLAINTEXT listener ({} when off).
+
+    PLAIN users live in the listener's JAAS line; SCRAM users are added at format time.
+    Names and passwords are restricted to characters that need no quoting in either.
+    """
+    sport = local.kafka_sasl_port
+    if not sport:
+        return {}
+    if not local.kafka_sasl_users:
+        raise ConfigError("local.kafka_sasl_port is set but local.kafka_sasl_users is empty")
+    for user, secret in local.kafka_sasl_users.items():
+        if not _SASL_USER.match(user):
+            raise ConfigError(f"local.kafka_sasl_users: user name {user!r} must match "
+                              f"{_SASL_USER.pattern}")
+        if not _SASL_PASSWORD.match(secret.get_secret_value()):
+            raise ConfigError(f"local.kafka_sasl_users: the password of {user!r} must be "
+                              "1-128 characters without spaces or any of \" \\ ; , = [ ]")
+    plain = " ".join(f'user_{user}="{secret.get_secret_value()}"'
+                     for user, secret in sorted(local.kafka_sasl_users.items()))
+    mechanisms = ",".join(("PLAIN", *SCRAM_MECHANISMS))
+    props = {
+        "listeners": f"{base['listeners']},SASL_PLAINTEXT://127.0.0.1:{sport}",
+        "advertised.listeners": f"{base['advertised.listeners']},"
+                                f"SASL_PLAINTEXT://127.0.0.1:{sport}",
+        "listener.security.protocol.map":
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": mechanisms,
+        "listener.name.sasl_plaintext.sasl.enabled.mechanisms": mechanisms,
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
+    }
+    for mech in SCRAM_MECHANISMS:
+        props[f"listener.name.sasl_plaintext.{mech.lower()}.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+    return props
 
 
 def _kafka_cluster_id() -> str:

@@ -93,6 +93,10 @@ class LocalInfraSettings(BaseModel):
     kafka_heap_mb: int = Field(default=512, ge=128)
     redis_port: int = Field(default=6379, ge=1, le=65535)
     redis_appendonly: bool = True
+    # Opt-in SASL_PLAINTEXT listener beside the PLAINTEXT one (0 = none). Its users may log
+    # in with PLAIN or SCRAM-SHA-256/512 (SCRAM users are written when storage is formatted).
+    kafka_sasl_port: int = Field(default=0, ge=0, le=65535)
+    kafka_sasl_users: dict[str, SecretStr] = Field(default_factory=dict)
     start_timeout_s: float = Field(default=90.0, gt=0)
     stop_timeout_s: float = Field(default=30.0, gt=0)
 
@@ -183,6 +187,9 @@ class SegmenterSettings(BaseModel):
     label_terms: int = Field(default=3, ge=1)
     description_terms: int = Field(default=8, ge=1)
     seed: int = 0
+    refit_every: int = Field(default=2_000, ge=0, description="maintenance refit; 0 = off")
+    refit_sample: int = Field(default=2_000, ge=1, description="recent users it looks at")
+    refit_min_gain: float = Field(default=0.02, ge=0, lt=1)
     batch_size: int = Field(default=256, ge=1, description="stream entries per batch")
     block_ms: int = Field(default=200, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=1_000)

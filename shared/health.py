@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import redis
 from segstream.config import KafkaSettings, RedisSettings, Settings
 from segstream.errors import InfraError
 from segstream.kafka_io import KafkaClients
+from segstream.kafka_io import kafka as _kafka
 from segstream.redis_io import check_redis, redis_client
 
 Check = Callable[[], None]
@@ -48,41 +50,125 @@ def redis_check(client: redis.Redis | RedisSettings) -> Check:
     return check
 
 
+# kafka-python comes in through segstream.kafka_io, which silences its import warnings
+kafka_errors = _kafka.errors
+_AUTH_ERRORS = (kafka_errors.SaslAuthenticationFailedError,
+                kafka_errors.UnsupportedSaslMechanismError,
+                kafka_errors.IllegalSaslStateError)
+
+
+_NET_LOGGERS = ("manager", "connection", "transport")
+
+
+class _AuthFailures(logging.Filter):
+    """Catches the auth errors kafka-python only logs while it retries a bootstrap.
+
+    Installed on kafka-python's connection loggers for the duration of one connect; it
+    keeps the exceptions and drops the records (the caller reports them in one line).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.seen += [a for a in args if isinstance(a, _AUTH_ERRORS)]
+        return False
+
+
+def _connect_admin(settings: KafkaSettings, timeout_ms: int) -> Any:
+    """An admin client that has bootstrapped, or ``InfraError`` with a one-line reason.
+
+    A wrong SASL user or password makes kafka-python retry until the deadline and then
+    report only "Unable to bootstrap"; the rejection is recovered from its log records.
+    """
+    kafka_log = logging.getLogger("kafka")
+    watched = [logging.getLogger(f"kafka.net.{name}") for name in _NET_LOGGERS]
+    before = [kafka_log.level] + [log.level for log in watched]
+    catcher = _AuthFailures()
+    kafka_log.setLevel(logging.CRITICAL)  # refused connections are what we report
+    for log in watched:
+        log.setLevel(logging.WARNING)
+        log.addFilter(catcher)
+    try:
+        return KafkaClients(settings).admin(
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=max(timeout_ms, 1000),
+            reconnect_backoff_max_ms=1000,
+        )
+    except Exception as exc:
+        where = settings.bootstrap_servers
+        user = f"{settings.sasl_mechanism} login of user {settings.sasl_username!r}"
+        if catcher.seen:
+            raise InfraError(f"Kafka at {where} rejected the {user}: "
+                             f"{_one_line(catcher.seen[-1])}") from None
+        if settings.sasl_mechanism and _any_port_open(where):
+            # kafka-python sometimes sees the broker's close before its error reply
+            raise InfraError(
+                f"Kafka at {where} accepts connections but the {user} did not complete: "
+                f"wrong user or password, or the listener is not "
+                f"{settings.security_protocol}") from None
+        raise InfraError(f"Kafka at {where} did not answer a metadata request: "
+                         f"{_one_line(exc)}") from None
+    finally:
+        kafka_log.setLevel(before[0])
+        for log, level in zip(watched, before[1:], strict=True):
+            log.removeFilter(catcher)
+            log.setLevel(level)
+
+
+def _any_port_open(bootstrap: str) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), 2):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_kafka(settings: KafkaSettings, timeout_ms: int = 10_000) -> None:
+    """Raise ``InfraError`` (one line) unless the cluster answers a metadata request.
+
+    Like ``check_redis``: a wrong SASL password says so instead of timing out vaguely.
+    """
+    admin = _connect_admin(settings, timeout_ms)
+    try:
+        admin.list_topics()
+    except Exception as exc:
+        raise InfraError(f"Kafka at {settings.bootstrap_servers} did not answer a metadata "
+                         f"request: {_one_line(exc)}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+
+
 class _KafkaMetadataCheck:
     """A metadata request over one long-lived admin connection, rebuilt after a failure."""
 
     def __init__(self, settings: KafkaSettings, timeout_ms: int) -> None:
-        self.settings = settings.model_copy(update={"request_timeout_ms": max(timeout_ms, 1000)})
+        self.settings = settings
         self.timeout_ms = timeout_ms
         self._admin: Any = None
         self._lock = threading.Lock()
 
-    def _connect(self) -> Any:
-        kafka_log = logging.getLogger("kafka")
-        before = kafka_log.level
-        kafka_log.setLevel(logging.CRITICAL)  # refused connections are the reason we return
-        try:
-            return KafkaClients(self.settings).admin(
-                bootstrap_timeout_ms=self.timeout_ms,
-                request_timeout_ms=self.settings.request_timeout_ms,
-                reconnect_backoff_max_ms=1000,
-            )
-        finally:
-            kafka_log.setLevel(before)
-
     def __call__(self) -> None:
-        where = self.settings.bootstrap_servers
         with self._lock:
+            if self._admin is None:
+                self._admin = _connect_admin(self.settings, self.timeout_ms)
             try:
-                if self._admin is None:
-                    self._admin = self._connect()
                 self._admin.list_topics()
             except Exception as exc:
                 self.close()
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InfraError(
-                    f"Kafka at {where} did not answer a metadata request: {reason}"
-                ) from None
+                raise InfraError(f"Kafka at {self.settings.bootstrap_servers} did not answer "
+                                 f"a metadata request: {_one_line(exc)}") from None
 
     def close(self) -> None:
         if self._admin is not None:
