@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import MiniBatchKMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from segstream import seg_labels
 from segstream.errors import ConfigError
@@ -53,6 +53,9 @@ class SegConfig:
     label_terms: int = 3
     description_terms: int = 8
     seed: int = 0
+    refit_every: int = 2_000
+    refit_sample: int = 2_000
+    refit_min_gain: float = 0.02
     normalise: bool = True
 
     @classmethod
@@ -150,6 +153,8 @@ class OnlineSegmenter:
         self.model_version: str | None = None
         self.buffer: dict[str, Observation] = {}
         self.events: list[dict[str, Any]] = []
+        self.recent: dict[str, None] = {}  # most recently observed users, oldest first
+        self.since_refit = 0
 
     # ------------------------------------------------------------------ public API
     @property
@@ -170,6 +175,7 @@ class OnlineSegmenter:
             return []
         X = self._prepare(np.stack([np.asarray(o.vector) for o in batch]))
         self.n_seen += len(batch)
+        self._remember(batch)
         if self.centres is None:
             for o, x in zip(batch, X, strict=True):
                 self.buffer[o.key] = Observation(o.key, x, o.text, o.previous)
@@ -181,7 +187,59 @@ class OnlineSegmenter:
             self._fit(X, now_ms, origin="cold-start", previous=None)
         else:
             self._step(X, now_ms)
+            self.since_refit += len(batch)
         return self._assign_all(batch, X, now_ms)
+
+    @property
+    def maintenance_due(self) -> bool:
+        """True when ``refit_every`` embeddings arrived since the last maintenance refit."""
+        return (self.trained and self.config.refit_every > 0
+                and self.since_refit >= self.config.refit_every)
+
+    def recent_keys(self) -> list[str]:
+        """The users (up to ``refit_sample``) a maintenance refit should look at."""
+        return list(self.recent)
+
+    def maintain(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
+        """Maintenance refit on the recent users' current embeddings.
+
+        Online k-means can settle in a poor local optimum (two personas sharing a centre,
+        one persona split in two) that small steps never leave. Here the current centres
+        (refined by Lloyd iterations) compete with a fresh k-means++ fit on the sample; the
+        best replaces the model only if it lowers the sample's inertia by
+        ``refit_min_gain``. Ids follow the anchors as after any step, so segments that kept
+        their meaning keep their ids; the others are born, split, merged or retired with
+        lineage. Returns assignments of the sample's users (empty when nothing changed).
+        """
+        self.since_refit = 0
+        if not self.trained or len(batch) < 2 * self.config.k:
+            return []
+        assert self.centres is not None and self.counts is not None
+        X = self._prepare(np.stack([np.asarray(o.vector) for o in batch]))
+        current = float((self._dist(X) ** 2).min(axis=1).sum())
+        rs = np.random.RandomState([self.config.seed, self.version, 1])
+        fits = [KMeans(self.config.k, init=self.centres, n_init=1).fit(X),
+                KMeans(self.config.k, init="k-means++", n_init=3, random_state=rs).fit(X)]
+        best = min(fits, key=lambda km: km.inertia_)
+        if best.inertia_ > (1.0 - self.config.refit_min_gain) * current:
+            return []
+        before = self._positions()
+        total = float(self.counts.sum())
+        self.centres = best.cluster_centers_.astype(np.float64)
+        share = np.bincount(best.labels_, minlength=self.config.k) / len(X)
+        self.counts = share * total
+        self.version += 1
+        self._reconcile(self._distance_mapping(), before, now_ms, "refit")
+        self._event("refit", "", [], now_ms)
+        return self._assign_all(batch, X, now_ms)
+
+    def _remember(self, batch: list[Observation]) -> None:
+        cap = self.config.refit_sample
+        for o in batch:
+            self.recent.pop(o.key, None)
+            self.recent[o.key] = None
+        while len(self.recent) > cap:
+            del self.recent[next(iter(self.recent))]
 
     def assign(self, vector: np.ndarray, previous: str | None = None) -> Assignment:
         """Assign one embedding without updating anything (read-only)."""
@@ -229,11 +287,9 @@ class OnlineSegmenter:
 
     def _fit(self, X: np.ndarray, now_ms: int, origin: str,
              previous: list[str | None] | None) -> None:
-        km = MiniBatchKMeans(
-            n_clusters=self.config.k, init="k-means++", n_init=3,
-            batch_size=min(1024, len(X)), reassignment_ratio=self.config.reassignment_ratio,
-            random_state=np.random.RandomState([self.config.seed, self.version]),
-        ).fit(X)
+        km = KMeans(n_clusters=self.config.k, init="k-means++", n_init=10,
+                    random_state=np.random.RandomState([self.config.seed, self.version])
+                    ).fit(X)
         before = self._positions()
         self.centres = km.cluster_centers_.astype(np.float64)
         labels = km.predict(X)
@@ -290,7 +346,8 @@ class OnlineSegmenter:
 
     def _dist(self, X: np.ndarray) -> np.ndarray:
         assert self.centres is not None
-        d2 = ((X[:, None, :] - self.centres[None, :, :]) ** 2).sum(axis=2)
+        c = self.centres
+        d2 = (X * X).sum(axis=1)[:, None] - 2.0 * X @ c.T + (c * c).sum(axis=1)[None, :]
         return np.sqrt(np.maximum(d2, 0.0))
 
     def _positions(self) -> dict[str, np.ndarray]:
@@ -350,7 +407,9 @@ class OnlineSegmenter:
                 self._event("merge", sid, [sid], now_ms, into=seg.merged_into)
             else:
                 self._event("retire", sid, [], now_ms)
-        self._rebuild_families(now_ms, regroup=origin in ("cold-start", "refit"))
+        changed = bool(born) or set(old_ids) != set(new_ids)
+        self._rebuild_families(now_ms, regroup=origin == "cold-start" or (
+            origin == "refit" and changed))
 
     def _nearest(self, point: np.ndarray, slots: list[int]) -> tuple[int, float] | None:
         assert self.centres is not None
@@ -521,7 +580,8 @@ class OnlineSegmenter:
             "model_version": self.model_version,
             "buffer": [{"key": o.key, "vector": _enc(o.vector), "text": o.text,
                         "previous": o.previous} for o in self.buffer.values()],
-            "events": self.events,
+            "events": self.events, "recent": list(self.recent),
+            "since_refit": self.since_refit,
         }
 
     @classmethod
@@ -541,6 +601,8 @@ class OnlineSegmenter:
         for name in ("next_segment", "next_family", "version", "n_steps", "n_since_reassign",
                      "n_seen", "inertia", "last_shift", "model_version", "events"):
             setattr(self, name, data[name])
+        self.recent = dict.fromkeys(data.get("recent", []))
+        self.since_refit = int(data.get("since_refit", 0))
         for o in data["buffer"]:
             vec = _dec(o["vector"])
             assert vec is not None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from segstream.metrics import ServiceMetrics
+from segstream.metrics import Health, ServiceMetrics
 
 OUTCOMES = ("processed", "duplicate", "coalesced", "applied-before", "missing-embedding",
             "model-mismatch", "invalid")
 REASONS = ("first", "moved", "previous-retired")
-LINEAGE = ("birth", "split", "merge", "retire", "family-birth", "family-retire")
+LINEAGE = ("birth", "split", "merge", "retire", "family-birth", "family-retire", "refit")
 
 
 class SegmenterMetrics:
@@ -52,6 +52,7 @@ class SegmenterMetrics:
             self.size.labels(sid).set(n)
         self._sized = set(sizes)
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, health: Health | None = None) -> None:
+        """``/metrics`` (and ``/healthz`` with ``health``) on ``port``; 0 = off."""
         if port:
-            self.base.serve(port)
+            self.base.serve(port, health=health)

@@ -35,6 +35,7 @@ import redis
 
 from segstream.config import Settings
 from segstream.errors import InfraError
+from segstream.health import service_health
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import Keys, redis_client
 from segstream.seg_engagement import EngagementThresholds, engagement_tier
@@ -107,7 +108,8 @@ class SegmenterService:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop_event.set())
-        self.metrics.serve(self.s.metrics_port)
+        self.metrics.serve(self.s.metrics_port,
+                           health=service_health(self.settings, client=self.redis))
         self.ensure_group()
         log.info("segmenter %s reading %s as group %s", self.consumer, self.stream, self.s.group)
         try:
@@ -210,8 +212,12 @@ class SegmenterService:
             self.metrics.entries.labels(outcome).inc()
         t = now_ms()
         assignments = self.model.observe(obs, t) if obs else []
-        self._fill_missing_states(assignments, states)
+        self._fill_missing_states([a.key for a in assignments], states)
         records = [self._assign(a, states, t) for a in assignments]
+        if self.model.maintenance_due:
+            extra = self._maintain(states, t)
+            records += [self._assign(a, states, t) for a in extra]
+            assignments += extra
         changes = [r for r in records if r is not None]
         self._publish(self.settings.topics.segments, [(r["user_id"], r) for r in changes])
         events = self.model.drain_events()
@@ -245,10 +251,11 @@ class SegmenterService:
                                seg.get("segment_id") or None))
         return "processed"
 
-    def _fill_missing_states(self, assignments: list[Assignment],
-                             states: dict[str, dict[str, Any]]) -> None:
-        """Users assigned from the cold-start buffer were read in earlier batches."""
-        missing = [a.key for a in assignments if a.key not in states]
+    def _fill_missing_states(self, users: list[str], states: dict[str, dict[str, Any]]
+                             ) -> None:
+        """Per-user state of users not read in this batch (assigned from the cold-start
+        buffer, or looked at by a maintenance refit)."""
+        missing = [uid for uid in users if uid not in states]
         if not missing:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -261,6 +268,30 @@ class SegmenterService:
                            "first_seen_ms": int(seg.get("first_seen_ms") or last),
                            "frequency": int(seg.get("frequency") or 1),
                            "model_version": self.model.model_version or ""}
+
+    def _maintain(self, states: dict[str, dict[str, Any]], t: int) -> list[Assignment]:
+        """A maintenance refit over the recent users' current embeddings (see
+        ``OnlineSegmenter.maintain``)."""
+        users = self.model.recent_keys()
+        self._fill_missing_states(users, states)
+        pipe = self.redis.pipeline(transaction=False)
+        for uid in users:
+            pipe.hmget(self.keys.user(uid, "emb"), ["vec", "model_version"])
+            pipe.get(self.keys.user(uid, "text"))
+        got = pipe.execute()
+        obs = []
+        for i, uid in enumerate(users):
+            (vec, mv), text = got[2 * i], got[2 * i + 1]
+            if vec is None or (mv or b"").decode() != self.model.model_version:
+                continue
+            obs.append(Observation(uid, np.frombuffer(vec, dtype=np.float16).astype(np.float32),
+                                   text.decode() if text else "",
+                                   states[uid].get("segment_id") or None))
+        out = self.model.maintain(obs, t)
+        log.info("maintenance refit over %d users: %s", len(obs),
+                 f"new centres, {sum(a.changed for a in out)} users moved" if out
+                 else "kept the current centres")
+        return out
 
     def _assign(self, a: Assignment, states: dict[str, dict[str, Any]], t: int
                 ) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
     s.topics.segments_partitions = 3
     s.segmenter = s.segmenter.model_copy(update={
         "k": 3, "cold_start_factor": 10, "metrics_port": 0, "block_ms": 50,
-        "half_life_points": 500.0, "catalog_refresh_s": 3600.0})
+        "half_life_points": 500.0, "catalog_refresh_s": 3600.0, "refit_every": 10})
     admin = kafka.admin()
     ensure_topics(admin, topic_specs(s.topics))
     admin.close()
