@@ -24,6 +24,7 @@ one script call, so a crash never leaves half an update.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -36,16 +37,19 @@ from segstream.features import Increment, UserState
 from segstream.redis_io import Keys
 
 # One call per user and batch. KEYS: features hash, dedup zset, titles zset, text string.
-# ARGV: n_events, window_days, category_cap, bot_limit, max_titles, dedup_window_ms,
-# dedup_max, key_ttl_s, then per event: dedup member, watermark field, offset (-1: none),
-# ts ms, minute, day, title ('' = none), n_adds, n_adds x (field, sub, amount).
-# Returns {status per event (A applied, R redelivered, D duplicate id, B bot rate,
-# O outside window), HGETALL features, ZRANGE titles WITHSCORES, GET text}.
+# ARGV: window_days, category_cap, bot_limit, max_titles, dedup_window_ms, dedup_max,
+# key_ttl_s, then a JSON array of the user's events in order, each
+# [dedup digest (hex), watermark field, offset (-1: none), ts ms, minute, day, title
+# ('' = none), [[field, sub, amount], ...]] (one JSON argument is far cheaper to send
+# than dozens of separate ones). Returns {one status letter per event (A applied,
+# R redelivered, D duplicate id, B bot rate, O outside window), the feature hash and the
+# titles (ZRANGE WITHSCORES), each flattened into one string joined by \31, the text}.
 APPLY_LUA = r"""
 local fkey, dkey, tkey, xkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local n, win, catcap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local botmax, maxtitles = tonumber(ARGV[4]), tonumber(ARGV[5])
-local dwin, dmax, kttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local win, catcap, botmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local maxtitles, dwin = tonumber(ARGV[4]), tonumber(ARGV[5])
+local dmax, kttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local events = cjson.decode(ARGV[8])
 local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last')
 local dx = tonumber(meta[1]) or -1
 local olddx = dx
@@ -67,14 +71,13 @@ local function bucket(field)
   return t
 end
 
-local i = 9
-for e = 1, n do
-  local member, wmf, off = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local tsarg = ARGV[i + 3]
-  local ts, minute, day = tonumber(tsarg), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-  local title, nadd = ARGV[i + 6], tonumber(ARGV[i + 7])
-  local base = i + 8
-  i = base + 3 * nadd
+local function unhex(h)
+  return (string.gsub(h, '..', function(x) return string.char(tonumber(x, 16)) end))
+end
+
+for e, ev in ipairs(events) do
+  local member, wmf, off, ts = unhex(ev[1]), ev[2], ev[3], ev[4]
+  local minute, day, title, adds = ev[5], ev[6], ev[7], ev[8]
   local wm = wms[wmf]
   if wm == nil then wm = tonumber(redis.call('HGET', fkey, wmf)) or -1 end
   if off >= 0 and off <= wm then
@@ -84,6 +87,7 @@ for e = 1, n do
     if redis.call('ZSCORE', dkey, member) then
       status[e] = 'D'
     else
+      local tsarg = string.format('%d', ts)
       redis.call('ZADD', dkey, tsarg, member)
       deduped = true
       if ts > newest then newest = ts end
@@ -93,19 +97,19 @@ for e = 1, n do
       elseif dx >= 0 and day < dx - win + 1 then
         status[e] = 'O'
       else
-        for a = base, base + 3 * nadd - 1, 3 do
-          local field, sub, amount = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+        for _, add in ipairs(adds) do
+          local field, sub = add[1], add[2]
           local t = bucket(field)
           if t[sub] == nil and string.sub(field, 1, 2) == 'k:' then
             local count = 0
             for _ in pairs(t) do count = count + 1 end
             if count >= catcap then sub = '~other' end
           end
-          t[sub] = (t[sub] or 0) + amount
+          t[sub] = (t[sub] or 0) + add[3]
           changed[field] = true
         end
         if title ~= '' and maxtitles > 0 then
-          redis.call('ZADD', tkey, 'GT', ts, title)
+          redis.call('ZADD', tkey, 'GT', tsarg, title)
           titled = true
         end
         if ts > last then last = ts end
@@ -148,8 +152,9 @@ if titled then
   redis.call('ZREMRANGEBYRANK', tkey, 0, -maxtitles - 1)
   redis.call('EXPIRE', tkey, kttl)
 end
-return {table.concat(status), redis.call('HGETALL', fkey),
-        redis.call('ZRANGE', tkey, 0, -1, 'WITHSCORES'), redis.call('GET', xkey)}
+return {table.concat(status), table.concat(redis.call('HGETALL', fkey), '\31'),
+        table.concat(redis.call('ZRANGE', tkey, 0, -1, 'WITHSCORES'), '\31'),
+        redis.call('GET', xkey)}
 """
 
 
@@ -182,14 +187,11 @@ def watermark_field(topic: str, partition: int) -> str:
     return f"_o:{zlib.crc32(topic.encode()):08x}:{partition}"
 
 
-def parse_state(raw_hash: Sequence[bytes] | dict[bytes, bytes], raw_titles: Sequence[bytes]
+def parse_state(pairs: Iterable[tuple[str, str]], titles: Iterable[tuple[str, float]]
                 ) -> UserState:
-    """A ``UserState`` from the feature hash (HGETALL) and titles (ZRANGE WITHSCORES)."""
-    items = raw_hash.items() if isinstance(raw_hash, dict) else zip(
-        raw_hash[0::2], raw_hash[1::2], strict=True)
+    """A ``UserState`` from the feature hash's (field, value) pairs and (title, score)s."""
     state = UserState()
-    for key_b, value_b in items:
-        key, value = key_b.decode(), value_b.decode()
+    for key, value in pairs:
         if key.startswith("_"):
             if key == "_last":
                 state.last_ts = int(value) if int(value) >= 0 else None
@@ -206,9 +208,13 @@ def parse_state(raw_hash: Sequence[bytes] | dict[bytes, bytes], raw_titles: Sequ
             if sub:
                 bucket[sub] = int(amount)
         state.buckets[key] = bucket
-    state.titles = {t.decode(): int(float(s)) for t, s in zip(raw_titles[0::2], raw_titles[1::2],
-                                                            strict=True)}
+    state.titles = {title: int(float(score)) for title, score in titles}
     return state
+
+
+def _split_pairs(joined: bytes) -> list[tuple[str, str]]:
+    parts = joined.decode().split("\x1f") if joined else []
+    return list(zip(parts[0::2], parts[1::2], strict=True))
 
 
 class FeatureStore:
@@ -226,19 +232,15 @@ class FeatureStore:
         return [k.user(user_id, "f"), k.user(user_id, "d"), k.user(user_id, "t"),
                 k.user(user_id, "text")]
 
-    def _args(self, events: Sequence[PendingEvent]) -> list[str | int | bytes]:
+    def _args(self, events: Sequence[PendingEvent]) -> list[str | int]:
         cfg = self.cfg
-        args: list[str | int | bytes] = [
-            len(events), max(cfg.windows_days), cfg.max_categories_per_day,
-            cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
-            cfg.dedup_max_per_user, int(cfg.user_ttl_days * 86_400)]
-        for ev in events:
-            inc = ev.inc
-            args += [dedup_member(ev.event_id), watermark_field(ev.topic, ev.partition),
-                     ev.offset, inc.ts_ms, inc.minute, inc.day, inc.title or "", len(inc.adds)]
-            for name, sub, amount in inc.adds:
-                args += [name, sub, amount]
-        return args
+        payload = [[dedup_member(ev.event_id).hex(), watermark_field(ev.topic, ev.partition),
+                    ev.offset, ev.inc.ts_ms, ev.inc.minute, ev.inc.day, ev.inc.title or "",
+                    ev.inc.adds] for ev in events]
+        return [max(cfg.windows_days), cfg.max_categories_per_day,
+                cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
+                cfg.dedup_max_per_user, int(cfg.user_ttl_days * 86_400),
+                json.dumps(payload, ensure_ascii=False, separators=(",", ":"))]
 
     def apply(self, by_user: dict[str, list[PendingEvent]]) -> dict[str, UserResult]:
         """Apply every user's events (one script call per user, pipelined by chunk).
@@ -262,7 +264,9 @@ class FeatureStore:
                 start += 1
             for uid, (statuses, raw_hash, raw_titles, text) in zip(
                     chunk, pipe.execute(), strict=True):
-                results[uid] = UserResult(statuses.decode(), parse_state(raw_hash, raw_titles),
+                state = parse_state(_split_pairs(raw_hash),
+                                    ((t, float(sc)) for t, sc in _split_pairs(raw_titles)))
+                results[uid] = UserResult(statuses.decode(), state,
                                           text.decode() if text is not None else None)
         return results
 
@@ -292,10 +296,9 @@ class FeatureStore:
         pipe.zrange(self.keys.user(user_id, "t"), 0, -1, withscores=True)
         pipe.get(self.keys.user(user_id, "text"))
         raw_hash, titles, text = pipe.execute()
-        flat_titles: list[bytes] = []
-        for title, score in titles:
-            flat_titles += [title, str(int(score)).encode()]
-        return parse_state(raw_hash, flat_titles), text.decode() if text is not None else None
+        state = parse_state(((k.decode(), v.decode()) for k, v in raw_hash.items()),
+                            ((t.decode(), score) for t, score in titles))
+        return state, text.decode() if text is not None else None
 
     def dirty_count(self) -> int:
         return int(self.client.zcard(self.keys.dirty()))

@@ -55,6 +55,8 @@ def zone(name: str) -> ZoneInfo:
 
 def clean_text(value: str, limit: int) -> str:
     """Printable single-line text: no control characters or lone surrogates, capped."""
+    if value.isprintable() and "  " not in value and value == value.strip():
+        return value[:limit].rstrip()  # the common case, without the per-character walk
     value = value.encode("utf-8", "replace").decode("utf-8")
     value = "".join(" " if unicodedata.category(ch)[0] in "CZ" else ch for ch in value)
     value = _SPACE.sub(" ", value).strip()
@@ -86,16 +88,28 @@ def local_time(ts_ms: int, settings: IngestSettings) -> datetime:
     return datetime.fromtimestamp(ts_ms / 1000, tz=zone(settings.timezone))
 
 
+@lru_cache(maxsize=8192)
+def _calendar(quarter_hour: int, zone_name: str) -> tuple[int, int, bool]:
+    # Every zone offset is a multiple of 15 minutes, so day, hour and weekday are constant
+    # within a UTC quarter hour: one conversion serves all events in it.
+    when = datetime.fromtimestamp(quarter_hour * 900, tz=zone(zone_name))
+    return when.toordinal(), when.hour, when.weekday() >= 5
+
+
+def calendar(ts_ms: int, settings: IngestSettings) -> tuple[int, int, bool]:
+    """(local day ordinal, local hour, is weekend) of an epoch-ms time."""
+    return _calendar(ts_ms // 900_000, settings.timezone)
+
+
 def increments(event: Event, settings: IngestSettings) -> Increment:
     """The bucket increments of one validated event."""
-    when = local_time(event.ts_ms, settings)
-    day = when.toordinal()
+    day, hour, weekend = calendar(event.ts_ms, settings)
     adds: list[tuple[str, str, int]] = [(f"c:{day}", event.type, 1)]
     category = top_category(event.category)
     if category:
         adds.append((f"k:{day}", category, 1))
-    adds.append((f"t:{day}", TIME_OF_DAY[when.hour // 6], 1))
-    adds.append((f"t:{day}", "we" if when.weekday() >= 5 else "wd", 1))
+    adds.append((f"t:{day}", TIME_OF_DAY[hour // 6], 1))
+    adds.append((f"t:{day}", "we" if weekend else "wd", 1))
     if event.type == "purchase":
         quantity = event.quantity or 1
         adds.append((f"m:{day}", "qty", quantity))
@@ -207,35 +221,34 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
         empty = tuple(WindowFeatures(d, 0, (), (), 0, 0.0, 0, tuple((t, 0) for t in TIME_OF_DAY),
                                      0, 0, 0) for d in sorted(settings.windows_days))
         return Features(None, None, empty, None, ())
-    ref_day = local_time(ref_ms, settings).toordinal()
-    windows = []
+    ref_day = calendar(ref_ms, settings)[0]
+    spans = sorted(settings.windows_days)
+    acc = [{"c": Counter(), "k": Counter(), "t": Counter(), "m": Counter()} for _ in spans]
+    active: list[set[int]] = [set() for _ in spans]
     last_purchase_day: int | None = None
-    for days in sorted(settings.windows_days):
-        first = ref_day - days + 1
-        types: Counter[str] = Counter()
-        cats: Counter[str] = Counter()
-        times: Counter[str] = Counter()
-        money: Counter[str] = Counter()
-        active: set[int] = set()
-        for name, bucket in state.buckets.items():
-            group, day_text = name.split(":", 1)
-            day = int(day_text)
-            if not first <= day <= ref_day:
-                continue
-            target = {"c": types, "k": cats, "t": times, "m": money}.get(group)
-            if target is None:
-                continue
-            target.update(bucket)
-            if group == "c":
-                active.add(day)
-                if bucket.get("purchase"):
-                    last_purchase_day = max(day, last_purchase_day or day)
+    first = ref_day - spans[-1] + 1
+    for name, bucket in state.buckets.items():
+        group, _, day_text = name.partition(":")
+        day = int(day_text)
+        if not first <= day <= ref_day or group not in acc[0]:
+            continue
+        if group == "c" and bucket.get("purchase") and (last_purchase_day or 0) < day:
+            last_purchase_day = day
+        for i, days in enumerate(spans):
+            if day > ref_day - days:
+                acc[i][group].update(bucket)
+                if group == "c":
+                    active[i].add(day)
+    windows = []
+    for i, days in enumerate(spans):
+        types, cats, times, money = acc[i]["c"], acc[i]["k"], acc[i]["t"], acc[i]["m"]
         windows.append(WindowFeatures(
             days=days, events=sum(types.values()), types=_ranked(types),
             categories=_ranked(cats, max_categories), purchases=types.get("purchase", 0),
             spend=money.get("spend", 0) / 100, quantity=money.get("qty", 0),
             time_of_day=tuple((t, times.get(t, 0)) for t in TIME_OF_DAY),
-            weekday=times.get("wd", 0), weekend=times.get("we", 0), active_days=len(active)))
+            weekday=times.get("wd", 0), weekend=times.get("we", 0),
+            active_days=len(active[i])))
     horizon = ref_ms - max(settings.windows_days) * DAY_MS
     titles = sorted(((ts, t) for t, ts in state.titles.items() if horizon < ts <= ref_ms),
                     key=lambda x: (-x[0], x[1]))

@@ -66,9 +66,20 @@ class BatchResult:
 
 @dataclass
 class RunStats:
+    """What ``run`` did; ``first_at``/``last_at`` (monotonic) bound the busy period."""
+
     records: int = 0
     batches: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    first_at: float | None = None
+    last_at: float | None = None
+
+    @property
+    def rate(self) -> float:
+        """Records per second from the first polled batch to the last one done."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return self.records / (self.last_at - self.first_at)
 
 
 def dlq_headers(record: Any, reason: str, detail: str) -> list[tuple[str, bytes]]:
@@ -254,10 +265,13 @@ class IngestService:
                 records = [r for batch in polled.values() for r in batch]
                 if records:
                     started = time.perf_counter()
+                    if stats.first_at is None:
+                        stats.first_at = time.monotonic()
                     result = self._handle_with_retry(records)
                     if result is None:
                         break  # stopped while retrying: nothing committed, redelivered later
                     self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                    stats.last_at = time.monotonic()
                     stats.records += len(records)
                     stats.batches += 1
                     stats.outcomes.update(result.outcomes)

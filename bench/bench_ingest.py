@@ -1,0 +1,205 @@
+"""Ingest benchmark (prints figures; not a test).
+
+1. Throughput: one synthetic stream is produced to a fresh topic; a bare kafka-python
+   consumer that only reads and JSON-parses it, and one ``IngestService`` doing the full
+   processing (validation, Lua apply, texts, dirty queue, commits), each read all of it
+   in their own consumer group, in the same run. Rates count from the first polled batch
+   to the last record, so group joins are excluded from both.
+2. Memory: users with a full synthetic history are applied straight to Redis (the same
+   Lua script, no Kafka) with their texts; bytes per user are ``MEMORY USAGE`` of each
+   user's keys (features, dedup, titles, text; embeddings are not ingest's) and the
+   ``used_memory`` growth divided by users (which adds Redis' per-key overhead).
+
+    .venv/bin/python bench/bench_ingest.py --users 3000 --mem-users 10000,100000
+
+Everything it writes (topics aside) is deleted at the end; topics are prefixed
+``bench-ingest-``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from kafka.admin import NewTopic
+
+from segstream.config import Settings, load_settings
+from segstream.feature_store import FeatureStore, PendingEvent
+from segstream.feature_text import render
+from segstream.features import increments, summarize
+from segstream.kafka_io import KafkaClients, describe
+from segstream.redis_io import redis_client
+from segstream.services.ingest.service import IngestService
+from segstream.synthetic import SyntheticStream
+
+
+def isolated(base: Settings, run: str) -> Settings:
+    return base.model_copy(update={
+        "topics": base.topics.model_copy(update={"events": f"bench-ingest-{run}",
+                                                 "dlq": f"bench-ingest-{run}.dlq"}),
+        "redis": base.redis.model_copy(update={"key_prefix": f"bench-{run}"}),
+        "ingest": base.ingest.model_copy(update={"group_id": f"bench-ingest-{run}",
+                                                 "metrics_port": 0})})
+
+
+def produce(settings: Settings, stream: SyntheticStream, partitions: int) -> int:
+    admin = KafkaClients(settings.kafka).admin()
+    admin.create_topics([NewTopic(settings.topics.events, partitions, 1),
+                         NewTopic(settings.topics.dlq, 1, 1)])
+    deadline = time.monotonic() + 30
+    while not describe(admin, [settings.topics.events]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    admin.close()
+    producer = KafkaClients(settings.kafka).producer(linger_ms=20, batch_size=512 * 1024)
+    n = 0
+    for key, value in stream.records():
+        producer.send(settings.topics.events, key=key, value=value)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def bare_rate(settings: Settings, total: int) -> float:
+    """Records/s of a kafka-python consumer that only reads and JSON-parses."""
+    consumer = KafkaClients(settings.kafka).consumer(
+        settings.topics.events, group_id=f"{settings.ingest.group_id}-bare",
+        max_poll_records=settings.ingest.max_poll_records,
+        max_partition_fetch_bytes=settings.ingest.max_partition_fetch_bytes)
+    seen = 0
+    first = last = 0.0
+    parsed = 0
+    while seen < total:
+        polled = consumer.poll(timeout_ms=500, max_records=settings.ingest.max_poll_records)
+        for batch in polled.values():
+            if not first:
+                first = time.monotonic()
+            for record in batch:
+                try:
+                    json.loads(record.value)
+                    parsed += 1
+                except (ValueError, TypeError):
+                    pass
+            seen += len(batch)
+        if seen:
+            last = time.monotonic()
+    consumer.commit()
+    consumer.close()
+    return seen / (last - first)
+
+
+def memory(base: Settings, users: int, days: int) -> dict[str, float]:
+    """Bytes per user after applying ``users`` users' synthetic history to Redis."""
+    run = uuid.uuid4().hex[:8]
+    settings = isolated(base, f"mem{run}")
+    client = redis_client(settings.redis)
+    store = FeatureStore(client, settings)
+    cfg = settings.ingest
+    before = int(client.info("memory")["used_memory"])
+    stream = SyntheticStream(users=users, days=days, seed=5, end_ms=int(time.time() * 1000))
+    by_user: dict[str, list[PendingEvent]] = defaultdict(list)
+    events = 0
+    started = time.monotonic()
+    states: dict[str, Any] = {}
+
+    def flush() -> None:
+        states.update({uid: r.state for uid, r in store.apply(by_user).items()})
+        by_user.clear()
+
+    from segstream.events import parse_event
+    types = settings.events.allowed_types
+    for raw in stream.events():
+        event = parse_event(json.dumps(raw), types)
+        by_user[event.user_id].append(PendingEvent(event.event_id, increments(event, cfg)))
+        events += 1
+        if events % 20_000 == 0:
+            flush()
+    flush()
+    updates = [(uid, render(summarize(state, cfg), cfg), True) for uid, state in states.items()]
+    for i in range(0, len(updates), 2_000):
+        store.store_texts(updates[i:i + 2_000])
+    apply_s = time.monotonic() - started
+    after = int(client.info("memory")["used_memory"])
+    pipe = client.pipeline(transaction=False)
+    uids = list(states)
+    for uid in uids:
+        for key in store.user_keys(uid):
+            pipe.memory_usage(key, samples=0)
+    sizes = pipe.execute()
+    per_user = [sum(s or 0 for s in sizes[i * 4:(i + 1) * 4]) for i in range(len(uids))]
+    cleanup(client, settings)
+    return {"users": len(uids), "events": events, "events_per_user": events / len(uids),
+            "mean_bytes": statistics.fmean(per_user), "p50_bytes": statistics.median(per_user),
+            "p99_bytes": sorted(per_user)[int(len(per_user) * 0.99)],
+            "used_memory_per_user": (after - before) / len(uids), "apply_s": apply_s}
+
+
+def cleanup(client: Any, settings: Settings) -> None:
+    prefix = settings.redis.key_prefix
+    for pattern in (f"{prefix}:*", f"{{{prefix}:q}}:*"):
+        batch = []
+        for key in client.scan_iter(match=pattern, count=5_000):
+            batch.append(key)
+            if len(batch) >= 5_000:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--mem-users", default="10000,100000",
+                        help="comma-separated user counts for the memory figures ('' = skip)")
+    parser.add_argument("--mem-days", type=int, default=30)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    base = load_settings()
+
+    if not args.skip_throughput:
+        run = uuid.uuid4().hex[:8]
+        settings = isolated(base, run)
+        stream = SyntheticStream(users=args.users, days=args.days, seed=11,
+                                 end_ms=int(time.time() * 1000), malformed=0.005,
+                                 duplicates=0.01, bots=0.005)
+        t0 = time.monotonic()
+        total = produce(settings, stream, args.partitions)
+        print(f"produced {total} records ({args.users} users, {args.days} days, "
+              f"{args.partitions} partitions) in {time.monotonic() - t0:.1f}s", flush=True)
+        bare = bare_rate(settings, total)
+        print(f"bare kafka-python consumer (read + json.loads): {bare:,.0f} records/s",
+              flush=True)
+        service = IngestService(settings)
+        stats = service.run(max_records=total)
+        full = stats.rate
+        print(f"ingest, full processing:                        {full:,.0f} records/s "
+              f"({stats.batches} batches; "
+              f"{service.store.dirty_count()} users queued for encoding)")
+        print(f"ratio ingest / bare: {full / bare:.2f} (target >= 0.5)")
+        print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items())))
+        cleanup(service.redis, settings)
+        admin = KafkaClients(settings.kafka).admin()
+        admin.delete_topics([settings.topics.events, settings.topics.dlq])
+        admin.close()
+
+    for users in [int(u) for u in args.mem_users.split(",") if u.strip()]:
+        m = memory(base, users, args.mem_days)
+        print(f"memory, {m['users']:,} users x {args.mem_days} days "
+              f"({m['events_per_user']:.0f} events/user, applied in {m['apply_s']:.0f}s): "
+              f"MEMORY USAGE mean {m['mean_bytes']:,.0f} B/user, p50 {m['p50_bytes']:,.0f}, "
+              f"p99 {m['p99_bytes']:,.0f}; used_memory growth "
+              f"{m['used_memory_per_user']:,.0f} B/user (target <= 4,096)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
