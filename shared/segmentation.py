@@ -219,7 +219,7 @@ class OnlineSegmenter:
         current = float((self._dist(X) ** 2).min(axis=1).sum())
         rs = np.random.RandomState([self.config.seed, self.version, 1])
         fits = [KMeans(self.config.k, init=self.centres, n_init=1).fit(X),
-                KMeans(self.config.k, init="k-means++", n_init=3, random_state=rs).fit(X)]
+                KMeans(self.config.k, init="k-means++", n_init=10, random_state=rs).fit(X)]
         best = min(fits, key=lambda km: km.inertia_)
         if best.inertia_ > (1.0 - self.config.refit_min_gain) * current:
             return []

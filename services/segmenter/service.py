@@ -246,7 +246,7 @@ class SegmenterService:
             "frequency": int(seg.get("frequency") or 0) + 1,
         }
         states[uid] = state
-        vec = np.frombuffer(emb[b"vec"], dtype=np.float16).astype(np.float32)
+        vec = np.frombuffer(emb[b"vec"], dtype="<f2").astype(np.float32)
         obs.append(Observation(uid, vec, text.decode() if text else "",
                                seg.get("segment_id") or None))
         return "processed"
@@ -284,7 +284,7 @@ class SegmenterService:
             (vec, mv), text = got[2 * i], got[2 * i + 1]
             if vec is None or (mv or b"").decode() != self.model.model_version:
                 continue
-            obs.append(Observation(uid, np.frombuffer(vec, dtype=np.float16).astype(np.float32),
+            obs.append(Observation(uid, np.frombuffer(vec, dtype="<f2").astype(np.float32),
                                    text.decode() if text else "",
                                    states[uid].get("segment_id") or None))
         out = self.model.maintain(obs, t)

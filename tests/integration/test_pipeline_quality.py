@@ -1,0 +1,119 @@
+"""End to end on the real broker, Redis and encoder: synthetic personas -> segments.
+
+Events go through Kafka into the ingest service (features and feature texts in Redis),
+the encoder worker embeds dirty users with all-MiniLM-L6-v2, and the segmenter publishes
+segment changes. The stream arrives in three time-ordered chunks, so users are re-encoded
+and re-assigned as their history grows, as in production. Once every user has its ~30
+events, the last segment each user was published with must agree with the personas.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+import jsonschema
+import pytest
+import redis
+from sklearn.metrics import adjusted_rand_score
+
+from segstream.config import Settings
+from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.redis_io import Keys, redis_client
+from segstream.services.encoder.service import EncoderWorker
+from segstream.services.ingest.service import IngestService
+from segstream.services.segmenter import store
+from segstream.services.segmenter.service import SegmenterService
+from segstream.synthetic import PERSONAS, SyntheticStream
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+USERS = 200
+CHUNKS = 3
+
+
+def pipeline_settings(infra: Settings, unique: str) -> Settings:
+    s = infra.model_copy(deep=True)
+    s.redis.key_prefix = unique
+    s.topics.events, s.topics.dlq = f"{unique}.events", f"{unique}.dlq"
+    s.topics.segments, s.topics.catalog = f"{unique}.segments", f"{unique}.catalog"
+    s.topics.events_partitions = s.topics.segments_partitions = 3
+    s.ingest = s.ingest.model_copy(update={"group_id": f"{unique}.ingest", "metrics_port": 0})
+    s.encoder = s.encoder.model_copy(update={"metrics_port": 0, "claim_batch": 64})
+    s.segmenter = s.segmenter.model_copy(update={
+        "k": len(PERSONAS), "metrics_port": 0, "block_ms": 50, "refit_every": 100})
+    return s
+
+
+def settled(client: redis.Redis, settings: Settings) -> bool:
+    """The encoder queue is empty and the segmenter has acked every stream entry."""
+    keys = Keys(settings.redis.key_prefix)
+    if client.zcard(keys.dirty()) + client.zcard(keys.claims()):
+        return False
+    groups = client.xinfo_groups(keys.embedded()) if client.exists(keys.embedded()) else []
+    return any(g["name"].decode() == settings.segmenter.group and g["pending"] == 0
+               and g.get("lag", 0) == 0 for g in groups)
+
+
+def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: KafkaClients,
+                                       redis_conn: redis.Redis) -> None:
+    settings = pipeline_settings(infra, unique)
+    admin = kafka.admin()
+    ensure_topics(admin, topic_specs(settings.topics))
+    admin.close()
+    synthetic = SyntheticStream(users=USERS, days=30, seed=7, activity=0.2)
+    records = list(synthetic.records())
+    per_user = Counter(json.loads(v)["user_id"] for _, v in records if v)
+    assert 25 <= sorted(per_user.values())[len(per_user) // 2] <= 35  # "~30 events" each
+
+    stop = threading.Event()
+    worker = EncoderWorker(settings, client=redis_client(settings.redis))
+    segmenter = SegmenterService(settings, kafka=kafka, consumer="quality")
+    threads = [threading.Thread(target=worker.run, args=(stop,), daemon=True),
+               threading.Thread(target=segmenter.run, daemon=True)]
+    for t in threads:
+        t.start()
+    ingest = IngestService(settings, kafka=kafka)
+    producer = kafka.producer(linger_ms=20)
+    try:
+        size = -(-len(records) // CHUNKS)
+        for i in range(CHUNKS):
+            chunk = records[i * size:(i + 1) * size]
+            for key, value in chunk:
+                producer.send(settings.topics.events, key=key, value=value)
+            producer.flush(timeout=60)
+            ingest.run(max_records=len(chunk), idle_exit_s=30)
+            wait_until(lambda: settled(redis_conn, settings), 240, interval_s=0.2,
+                       what=f"chunk {i + 1} encoded and segmented")
+    finally:
+        producer.close()
+        stop.set()
+        segmenter.stop()
+        for t in threads:
+            t.join(30)
+
+    consumer = kafka.consumer(settings.topics.segments, group_id=None,
+                              consumer_timeout_ms=3000)
+    published: list[dict[str, Any]] = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    schema = store.load_schema("segment_change")
+    for rec in published:
+        jsonschema.validate(rec, schema)
+    final = {}
+    for rec in published:  # one partition per user key: per-user order is kept
+        final[rec["user_id"]] = rec["segment_id"]
+    truth = {u: p for u, p in synthetic.truth().items() if per_user[u]}  # active users
+    keys = Keys(settings.redis.key_prefix)
+    missing = {u: (per_user[u], redis_conn.exists(keys.user(u, "text")),
+                   redis_conn.exists(keys.user(u, "emb")),
+                   redis_conn.hgetall(store.SegKeys(settings.redis.key_prefix).user(u)))
+               for u in set(truth) - set(final)}
+    assert not missing, missing  # every user was assigned
+    ari = adjusted_rand_score([truth[u] for u in sorted(truth)],
+                              [final[u] for u in sorted(truth)])
+    moves = sum(1 for r in published if r["previous_segment_id"] is not None)
+    print(f"\nARI {ari:.3f} over {len(truth)} users; {len(published)} change records, "
+          f"{moves} moves; centroids version {segmenter.model.version}")
+    assert ari >= 0.8
