@@ -38,6 +38,8 @@ def rfm_matrix(history: Sequence[Event], now_ms: int) -> tuple[list[str], np.nda
         if e.price is not None:
             money[e.user_id] += e.price * (e.quantity or 1)
     users = sorted(last)
+    if not users:
+        return users, np.zeros((0, 3))
     rows = [[math.log1p(max(0, now_ms - last[u]) / DAY_MS), math.log1p(freq[u]),
              math.log1p(money[u])] for u in users]
     return users, StandardScaler().fit_transform(np.asarray(rows, dtype=np.float64))
@@ -52,6 +54,8 @@ def category_matrix(history: Sequence[Event]) -> tuple[list[str], np.ndarray]:
     cats = sorted({c for per_user in counts.values() for c in per_user})
     index = {c: i for i, c in enumerate(cats)}
     matrix = np.zeros((len(users), len(cats)))
+    if not users:
+        return users, matrix
     for row, user in enumerate(users):
         for cat, n in counts[user].items():
             matrix[row, index[cat]] = n

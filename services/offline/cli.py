@@ -54,6 +54,8 @@ def load_events(args: argparse.Namespace, settings: Settings) -> tuple[list[Even
                       ts_unit=args.ts_unit, ts_format=args.ts_format, timezone=args.timezone)
     items = None
     if args.items:
+        if not Path(args.items).is_file():
+            raise ConfigError(f"--items: no such file: {args.items}")
         items = load_items(args.items, Mapping(columns=parse_pairs(args.item_map,
                                                                    "--item-map")))
     report = ReadReport()
@@ -106,6 +108,7 @@ def register(sub: Any, run_sub: Any) -> None:
                    "(default: settings.encoder, i.e. all-MiniLM-L6-v2)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.set_defaults(func=cmd_eval)
+    register_fit(sub)
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -123,13 +126,14 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.k < 2 or args.seeds < 1:
         raise ConfigError("--k must be at least 2 and --seeds at least 1")
+    ingest = ingest_settings(args, settings)
+    given = [parse_time(t) for t in (args.split_time or "").split(",") if t.strip()]
     console = Console(stderr=True)
     with console.status("reading events"):
         events, report = load_events(args, settings)
     console.print(f"{len(events):,} events from {report.rows:,} rows "
                   f"({sum(report.skipped.values()):,} skipped: {report.skipped or 'none'})")
-    splits = (rolling_splits(events, args.rolling, args.horizon_days) if args.rolling
-              else [parse_time(t) for t in args.split_time.split(",") if t.strip()])
+    splits = rolling_splits(events, args.rolling, args.horizon_days) if args.rolling else given
     config = EvalConfig(split_ms=splits, horizon_days=args.horizon_days,
                         stability_days=args.stability_days, k=args.k,
                         seeds=tuple(range(args.seeds)), min_rating=args.min_rating)
@@ -139,7 +143,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     with console.status("loading the encoder"):
         embed = TextEmbedder(Encoder.from_settings(encoder_settings))
     with console.status("evaluating") as status:
-        result = run_eval(events, ingest_settings(args, settings), embed, config,
+        result = run_eval(events, ingest, embed, config,
                           progress=lambda msg: status.update(f"evaluating: {msg}"))
     if not result.splits_used:
         raise ConfigError("no split had users with history before it and liked items after "
@@ -169,3 +173,96 @@ def _pm(mean: float, std: float) -> str:
     if mean != mean:  # NaN: not applicable
         return "-"
     return f"{mean:.4f} ± {std:.4f}"
+
+
+K_CANDIDATES = (4, 6, 8, 10, 12, 16, 20)
+K_RULE = ("the k in {4, 6, 8, 10, 12, 16, 20} (below the number of users) with the best "
+          "cosine silhouette of KMeans on the embeddings, among those whose smallest "
+          "segment holds at least 1% of the users")
+
+
+def register_fit(sub: Any) -> None:
+    p = sub.add_parser("fit", help="Segment a historical event file offline (no Kafka/Redis).",
+                       description="Profiles, feature texts, embeddings and segments for "
+                       "every user of FILE, with the streaming path's own code; writes "
+                       "segments.jsonl, catalog.json and report.html.")
+    add_source_args(p)
+    p.add_argument("--k", type=int, help=f"number of segments (default: {K_RULE})")
+    p.add_argument("--seed", type=int, default=0, help="clustering seed (default 0)")
+    p.add_argument("--model", metavar="DIR", help="encoder model directory")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: fit-<file name>)")
+    p.set_defaults(func=cmd_fit)
+
+
+def cmd_fit(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from segstream.encoding import Encoder
+    from segstream.offline import TextEmbedder, build_profiles, choose_k, segment_profiles
+    from segstream.segmentation import SegConfig
+    from segstream.services.offline.report import render_report, segment_profiles_table
+    from segstream.services.segmenter.store import catalog_entries
+
+    console = Console(stderr=True)
+    out = Path(args.out or f"fit-{Path(args.file).stem}")
+    ingest = ingest_settings(args, settings)
+    with console.status("reading events"):
+        events, report = load_events(args, settings)
+    with console.status(f"building profiles from {len(events):,} events"):
+        profiles = build_profiles(events, ingest)
+    if len(profiles) < 4:
+        raise ConfigError(f"{args.file}: {len(profiles)} users; need at least 4 to segment")
+    encoder_settings = settings.encoder
+    if args.model:
+        encoder_settings = encoder_settings.model_copy(update={"model_path": args.model})
+    with console.status("loading the encoder"):
+        embed = TextEmbedder(Encoder.from_settings(encoder_settings))
+    users = sorted(profiles)
+    texts = [profiles[u].text for u in users]
+    with Progress(console=console) as bar:
+        task = bar.add_task("encoding feature texts", total=len(set(texts)))
+        vectors = embed(texts, progress=lambda n: bar.advance(task, n))
+    k_scores: dict[int, tuple[float, float]] = {}
+    if args.k:
+        k, rule = args.k, "given with --k"
+    else:
+        with console.status("choosing k"):
+            k, k_scores = choose_k(vectors, K_CANDIDATES, seed=args.seed)
+        rule = K_RULE
+    if not 2 <= k <= len(users):
+        raise ConfigError(f"--k must be between 2 and the number of users ({len(users)})")
+    now_ms = max(e.ts_ms for e in events)
+    with console.status(f"clustering {len(users):,} users into {k} segments"):
+        seg = segment_profiles(profiles, embed, SegConfig(k=k, seed=args.seed), now_ms)
+    catalog = catalog_entries(seg.segmenter, now_ms)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "segments.jsonl").open("w") as fh:
+        for a in seg.assignments:
+            fh.write(json.dumps({
+                "user_id": a.key, "segment_id": a.segment_id, "tier_path": a.tier_path,
+                "label": catalog.get(a.segment_id, {}).get("label", ""),
+                "confidence": round(a.confidence, 4),
+                "memberships": [{"segment_id": s, "weight": round(w, 4)}
+                                for s, w in a.memberships],
+                "feature_text": profiles[a.key].text}, ensure_ascii=False) + "\n")
+    (out / "catalog.json").write_text(json.dumps(catalog, indent=1, ensure_ascii=False))
+    rows = segment_profiles_table(seg, profiles, catalog)
+    facts = {"file": str(args.file), "events": f"{len(events):,} valid of {report.rows:,} rows",
+             "users": f"{len(users):,}", "distinct feature texts": f"{len(set(texts)):,}",
+             "encoder": f"{embed.encoder.model_version} ({embed.encoder.device}, "
+                        f"{embed.encoder.dtype_name})",
+             "feature windows (days)": ", ".join(map(str, ingest.windows_days))}
+    (out / "report.html").write_text(render_report(f"segstream fit: {Path(args.file).name}",
+                                                   seg, rows, k_scores, k, rule, facts))
+    from rich.table import Table
+
+    table = Table(title=f"{k} segments of {len(users):,} users")
+    for col in ("segment", "tier path", "label", "users"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["segment_id"], " › ".join(r["tier_path"]), r["label"], str(r["size"]))
+    Console(width=max(Console().width, 120)).print(table)
+    console.print(f"wrote {out}/segments.jsonl, catalog.json and report.html")
+    return 0
