@@ -29,6 +29,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis
 
@@ -55,7 +56,7 @@ local dx = tonumber(meta[1]) or -1
 local olddx = dx
 local rm, rn = tonumber(meta[2]) or -1, tonumber(meta[3]) or 0
 local last = tonumber(meta[4]) or -1
-local cache, changed, wms, status = {}, {}, {}, {}
+local cache, changed, wms, status, titles = {}, {}, {}, {}, {}
 local newest, titled, deduped = -1, false, false
 
 local function bucket(field)
@@ -84,11 +85,9 @@ for e, ev in ipairs(events) do
     status[e] = 'R'
   else
     if off >= 0 then wms[wmf] = off else wms[wmf] = wm end
-    if redis.call('ZSCORE', dkey, member) then
+    if redis.call('ZADD', dkey, 'NX', string.format('%d', ts), member) == 0 then
       status[e] = 'D'
     else
-      local tsarg = string.format('%d', ts)
-      redis.call('ZADD', dkey, tsarg, member)
       deduped = true
       if ts > newest then newest = ts end
       if minute == rm then rn = rn + 1 elseif minute > rm then rm, rn = minute, 1 end
@@ -108,8 +107,8 @@ for e, ev in ipairs(events) do
           t[sub] = (t[sub] or 0) + add[3]
           changed[field] = true
         end
-        if title ~= '' and maxtitles > 0 then
-          redis.call('ZADD', tkey, 'GT', tsarg, title)
+        if title ~= '' and maxtitles > 0 and (titles[title] or -1) < ts then
+          titles[title] = ts
           titled = true
         end
         if ts > last then last = ts end
@@ -149,6 +148,12 @@ if deduped then
   redis.call('EXPIRE', dkey, kttl)
 end
 if titled then
+  local args = {}
+  for title, ts in pairs(titles) do
+    args[#args + 1] = string.format('%d', ts)
+    args[#args + 1] = title
+  end
+  redis.call('ZADD', tkey, 'GT', unpack(args))
   redis.call('ZREMRANGEBYRANK', tkey, 0, -maxtitles - 1)
   redis.call('EXPIRE', tkey, kttl)
 end
@@ -183,6 +188,7 @@ def dedup_member(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
+@lru_cache(maxsize=4096)
 def watermark_field(topic: str, partition: int) -> str:
     return f"_o:{zlib.crc32(topic.encode()):08x}:{partition}"
 
