@@ -23,7 +23,12 @@ def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     service = IngestService(settings)
     if settings.ingest.metrics_port:
-        service.metrics.service.serve(settings.ingest.metrics_port)
+        from segstream.health import HealthChecks, kafka_check, redis_check
+
+        health = HealthChecks(kafka=kafka_check(settings.kafka), redis=redis_check(service.redis))
+        service.metrics.service.serve(settings.ingest.metrics_port, health=health)
+        log.info("metrics and health on port %d (/metrics, /healthz)",
+                 settings.ingest.metrics_port)
     service.install_signal_handlers()
     stats = service.run(idle_exit_s=args.idle_exit)
     outcomes = ", ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items()))
