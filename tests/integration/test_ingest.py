@@ -256,3 +256,54 @@ def test_crash_between_redis_apply_and_texts_loses_nothing(infra: Settings,
     assert stats.outcomes["duplicate:redelivery"] > 0  # the first batch came back, skipped
     assert_exact(settings, recount(list(stream.events())))
     assert store.dirty_count() == len({e["user_id"] for e in stream.events()})
+
+
+def test_cli_replay_produce_and_user(infra: Settings, unique: str, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    settings = ingest_settings(infra, unique)
+    create_topics(settings)
+    env = {**os.environ, "SEGSTREAM_TOPICS__EVENTS": settings.topics.events,
+           "SEGSTREAM_TOPICS__DLQ": settings.topics.dlq,
+           "SEGSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "segstream.services.cli", *args],
+                              capture_output=True, text=True, env=env, timeout=120,
+                              cwd=tmp_path)
+
+    now = datetime.fromtimestamp(time.time() - 86_400, tz=UTC)  # yesterday: none in the future
+    rows = ["Invoice,Sku,Description,Qty,When,Price,Customer"]
+    for i in range(30):
+        rows.append(f"{i},SKU{i % 4},Lamp model {i % 4},{1 + i % 3},"
+                    f"{now.strftime('%m/%d/%Y')} {i % 24}:{i % 60:02d},{4.5 + i},C{i % 3}")
+    (tmp_path / "retail.csv").write_text("\n".join(rows) + "\n")
+    done = cli("replay", "retail.csv", "--map", "user_id=Customer,ts=When,item_id=Sku,"
+               "title=Description,price=Price,quantity=Qty", "--set", "type=purchase,"
+               "category=home/lighting", "--ts-format", "%m/%d/%Y %H:%M", "--rate", "500")
+    assert done.returncode == 0, done.stderr
+    assert "replayed 30 of 30 rows" in done.stdout
+    done = cli("produce", "--synthetic", "--users", "20", "--days", "2", "--seed", "4",
+               "--malformed", "0.05")
+    assert done.returncode == 0, done.stderr
+    truth = json.loads((tmp_path / "synthetic-seed4-users20.truth.json").read_text())
+    assert len(truth["users"]) == 20
+
+    stats = IngestService(settings).run(idle_exit_s=2)
+    assert stats.outcomes["applied"] > 30
+    done = cli("user", "C1", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["profile"]["feature_text"].startswith("Last 30 days: 6-10 events")
+    assert report["profile"]["text_is_current"] is True
+    assert report["features"]["last_30_days"]["types"] == {"purchase": 10}
+    assert report["features"]["last_30_days"]["categories"] == {"home": 10}
+    table = cli("user", "C1")
+    assert table.returncode == 0 and "feature_text" in table.stdout
+    missing = cli("user", "nobody")
+    assert missing.returncode == 1 and missing.stderr.strip() == \
+        "segstream: no data for user 'nobody'"
+    bad = cli("replay", "nope.csv")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
