@@ -35,6 +35,7 @@ from segstream.events import Event
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 OTHER = "~other"
+MAX_CENTS = 2**40  # one event's spend is capped so sums stay exact integers everywhere
 TIME_OF_DAY = ("night", "morning", "afternoon", "evening")  # 0-6, 6-12, 12-18, 18-24
 CATEGORY_MAX_CHARS = 40
 _CATEGORY_SPLIT = re.compile(r"[/>|]")
@@ -114,7 +115,8 @@ def increments(event: Event, settings: IngestSettings) -> Increment:
         quantity = event.quantity or 1
         adds.append((f"m:{day}", "qty", quantity))
         if event.price is not None:
-            adds.append((f"m:{day}", "spend", round(event.price * quantity * 100)))
+            cents = event.price * quantity * 100
+            adds.append((f"m:{day}", "spend", round(min(cents, MAX_CENTS))))
     title = clean_text(event.title, settings.title_max_chars) if event.title else ""
     return Increment(ts_ms=event.ts_ms, day=day, minute=event.ts_ms // MINUTE_MS,
                      title=title or None, adds=tuple(adds))

@@ -227,6 +227,7 @@ class IngestService:
             return
         self._last_gauges = now
         consumer = self._consumer
+        self.metrics.lag.clear()  # partitions revoked in a rebalance drop out
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is not None:

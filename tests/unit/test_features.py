@@ -137,3 +137,8 @@ def test_summary_windows_and_recency() -> None:
 def test_empty_state_summarizes_to_nothing() -> None:
     f = summarize(UserState(), CFG)
     assert f.reference_ms is None and all(w.events == 0 for w in f.windows)
+
+
+def test_huge_spend_is_capped_not_overflowing() -> None:
+    inc = increments(event(type="purchase", price=1e300, quantity=10**6), CFG)
+    assert (f"m:{inc.day}", "spend", 2**40) in inc.adds
