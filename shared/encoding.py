@@ -274,17 +274,20 @@ class Encoder:
         return out
 
     def _forward(self, rows: list[list[int]]) -> np.ndarray:
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0,
-                               dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        ids = np.full((len(rows), int(lengths.max())), self.tokenizer.pad_token_id or 0,
+                      dtype=np.int64)
         for i, row in enumerate(rows):
-            input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = 1
+            ids[i, :len(row)] = row
+        mask_np = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        input_ids, mask = torch.from_numpy(ids), torch.from_numpy(mask_np)
         inputs = {"input_ids": input_ids, "attention_mask": mask}
         if self._has_token_types:
             inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        if self.device.type != "cpu":
+            pin = self.device.type == "cuda"  # pinned host memory: asynchronous copies
+            inputs = {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin)
+                      for k, v in inputs.items()}
         hidden = self.model(**inputs)[0].float()
         pooled = pool(hidden, inputs["attention_mask"], self.pooling)
         return pooled.cpu().numpy()
