@@ -35,7 +35,8 @@ class IngestMetrics:
         self.texts_changed = m.counter("ingest_texts_changed_total",
                                        "Feature texts that changed and were stored.")
         self.dirty_marks = m.counter("ingest_dirty_marks_total",
-                                     "Users queued for the encoder (ZADD NX, coalescing).")
+                                     "Dirty marks sent to the encoder queue (ZADD NX: a "
+                                     "queued user stays queued once).")
         self.batch_seconds = m.histogram(
             "ingest_batch_processing_seconds",
             "Seconds from a polled batch to its committed offsets.", BATCH_BUCKETS)

@@ -307,3 +307,29 @@ def test_cli_replay_produce_and_user(infra: Settings, unique: str, tmp_path: Any
         "segstream: no data for user 'nobody'"
     bad = cli("replay", "nope.csv")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_two_consumers_in_one_group_share_the_work_exactly(infra: Settings,
+                                                           unique: str) -> None:
+    import threading
+
+    settings = ingest_settings(infra, unique, max_poll_records=50)
+    create_topics(settings)
+    stream = SyntheticStream(users=120, days=8, seed=31, end_ms=int(time.time() * 1000),
+                             duplicates=0.02)
+    produce(settings, stream.records())
+    services = [IngestService(settings), IngestService(settings)]
+    stats: list[Any] = [None, None]
+
+    def work(i: int) -> None:
+        stats[i] = services[i].run(idle_exit_s=4)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert all(s is not None for s in stats)
+    assert stats[0].records > 0 and stats[1].records > 0  # both members got partitions
+    assert stats[0].records + stats[1].records >= sum(stream.counts.values())
+    assert_exact(settings, recount(list(stream.events())))
