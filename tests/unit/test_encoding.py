@@ -160,3 +160,16 @@ def test_float16_bytes_round_trip() -> None:
     np.testing.assert_allclose(vec_from_bytes(raw), vec, rtol=1e-3, atol=1e-3)
     assert text_hash("a") == text_hash("a") != text_hash("b")
     assert len(text_hash("a")) == 32
+
+
+def test_encode_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from segstream.services.cli import main
+
+    assert main(["encode", "hello world", "Mostly books (60%)."]) == 0
+    out = capsys.readouterr().out
+    assert "all-MiniLM-L6-v2-" in out and "cosine:" in out and "norm=1.000" in out
+    assert main(["encode"]) == 2
+    assert main(["encode", "x", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["segstream: give at least one TEXT or --file",
+                   f"segstream: encoder model directory not found: {tmp_path / 'nope'}"]
