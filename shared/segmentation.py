@@ -23,19 +23,45 @@ as the uninterrupted one would.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from threadpoolctl import ThreadpoolController
 
 from segstream import seg_labels
 from segstream.errors import ConfigError
 from segstream.seg_hierarchy import family_count, group_centres, stable_families
 from segstream.seg_ids import match_by_distance, match_by_overlap, spacing
 
+T = TypeVar("T")
 STATE_FORMAT = 1
 _EPS = 1e-12
+_POOLS: list[ThreadpoolController] = []
+
+
+def _threads(n: int) -> Any:
+    """Limit BLAS and OpenMP pools to ``n`` threads inside the block (0 = leave alone).
+
+    Oversubscribed pools make the tiny matrix products of an online step 10x slower on a
+    busy machine, so the clusterer runs single-threaded by default."""
+    if n <= 0:
+        return contextlib.nullcontext()
+    if not _POOLS:
+        _POOLS.append(ThreadpoolController())
+    return _POOLS[0].limit(limits=n)
+
+
+def _limited(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: OnlineSegmenter, *args: Any, **kwargs: Any) -> T:
+        with _threads(self.config.threads):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -57,10 +83,11 @@ class SegConfig:
     refit_sample: int = 2_000
     refit_min_gain: float = 0.02
     normalise: bool = True
+    threads: int = 1  # BLAS/OpenMP threads while clustering (small matrices: 1 is fastest)
 
     @classmethod
     def from_settings(cls, s: Any) -> SegConfig:
-        names = [f for f in cls.__dataclass_fields__ if f != "normalise"]
+        names = [f for f in cls.__dataclass_fields__ if hasattr(s, f)]
         return cls(**{n: getattr(s, n) for n in names})
 
 
@@ -168,6 +195,7 @@ class OnlineSegmenter:
     def active_ids(self) -> list[str]:
         return list(self.slot_ids)
 
+    @_limited
     def observe(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
         """Update the model with ``batch`` and assign its users (nothing until cold start
         completes, then every buffered user at once)."""
@@ -200,6 +228,7 @@ class OnlineSegmenter:
         """The users (up to ``refit_sample``) a maintenance refit should look at."""
         return list(self.recent)
 
+    @_limited
     def maintain(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
         """Maintenance refit on the recent users' current embeddings.
 
@@ -241,6 +270,7 @@ class OnlineSegmenter:
         while len(self.recent) > cap:
             del self.recent[next(iter(self.recent))]
 
+    @_limited
     def assign(self, vector: np.ndarray, previous: str | None = None) -> Assignment:
         """Assign one embedding without updating anything (read-only)."""
         if self.centres is None:
@@ -248,6 +278,7 @@ class OnlineSegmenter:
         x = self._prepare(np.asarray(vector)[None, :])
         return self._assign_one(Observation("", x[0], "", previous), self._dist(x)[0])
 
+    @_limited
     def fit(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
         """Offline: fit from scratch on ``batch`` (k-means++), keeping existing ids where
         centres still match, and assign everyone."""
@@ -258,6 +289,7 @@ class OnlineSegmenter:
         self._fit(X, now_ms, origin="refit" if self.trained else "cold-start", previous=None)
         return self._assign_all(batch, X, now_ms, reset_sizes=True)
 
+    @_limited
     def refit_by_members(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
         """Refit in a new embedding space (another encoder model): ids follow the members
         (each observation's ``previous`` segment), since old and new centres are not
@@ -486,9 +518,12 @@ class OnlineSegmenter:
             for seg in self.segments.values():
                 seg.size = 0
         dist = self._dist(X)
+        weights = _memberships(dist)
+        slot_of = {sid: j for j, sid in enumerate(self.slot_ids)}
         out = []
-        for o, row in zip(batch, dist, strict=True):
-            a = self._assign_one(o, row)
+        texts = False
+        for o, d, w in zip(batch, dist, weights, strict=True):
+            a = self._assign_one(o, d, w, slot_of)
             if a.changed or reset_sizes:
                 if o.previous in self.segments and not reset_sizes:
                     prev = self.segments[o.previous]
@@ -496,13 +531,19 @@ class OnlineSegmenter:
                 self.segments[a.segment_id].size += 1
             if o.text:
                 seg_labels.add_text(self.segments[a.segment_id].terms, o.text)
+                texts = True
             out.append(a)
-        self._relabel()
+        if texts or reset_sizes:
+            self._relabel()
         return out
 
-    def _assign_one(self, o: Observation, d: np.ndarray) -> Assignment:
+    def _assign_one(self, o: Observation, d: np.ndarray, w: np.ndarray | None = None,
+                    slot_of: dict[str, int] | None = None) -> Assignment:
+        if w is None:
+            w = _memberships(d[None, :])[0]
+        if slot_of is None:
+            slot_of = {sid: j for j, sid in enumerate(self.slot_ids)}
         best = int(np.argmin(d))
-        slot_of = {sid: j for j, sid in enumerate(self.slot_ids)}
         prev_slot = slot_of.get(o.previous) if o.previous else None
         chosen = best
         if (prev_slot is not None and prev_slot != best
@@ -515,8 +556,6 @@ class OnlineSegmenter:
             reason = "previous-retired"
         else:
             reason = "moved" if chosen != prev_slot else "stayed"
-        inv = 1.0 / np.maximum(d, 1e-9) ** 2  # fuzzy c-means memberships (m = 2)
-        w = inv / inv.sum()
         top = np.argsort(-w, kind="stable")[: self.config.top_k]
         if prev_slot is not None:
             prev_d: float | None = float(d[prev_slot])
@@ -608,6 +647,12 @@ class OnlineSegmenter:
             assert vec is not None
             self.buffer[o["key"]] = Observation(o["key"], vec, o["text"], o["previous"])
         return self
+
+
+def _memberships(dist: np.ndarray) -> np.ndarray:
+    """Fuzzy c-means memberships (m = 2): weights proportional to 1 / distance²."""
+    inv = 1.0 / np.maximum(dist, 1e-9) ** 2
+    return inv / inv.sum(axis=1, keepdims=True)
 
 
 def _enc(a: np.ndarray | None) -> dict[str, Any] | None:
