@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import redis
 
@@ -183,6 +184,15 @@ class UserResult:
     text: str | None              # the stored feature text before this batch's render
 
 
+@dataclass
+class InFlight:
+    """Script calls sent by ``FeatureStore.send_apply`` whose replies are still unread."""
+
+    users: list[str]
+    by_user: dict[str, list[PendingEvent]]
+    conn: Any
+
+
 def dedup_member(event_id: str) -> bytes:
     """The 8-byte digest stored for an event id (collisions: ~1e-15 per user window)."""
     return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -232,6 +242,7 @@ class FeatureStore:
         self.cfg = settings.ingest
         self.keys = Keys(settings.redis.key_prefix)
         self._apply = client.register_script(APPLY_LUA)
+        self._loaded = False
 
     def user_keys(self, user_id: str) -> list[str]:
         k = self.keys
@@ -268,12 +279,61 @@ class FeatureStore:
                 chunk.append(uid)
                 events += len(by_user[uid])
                 start += 1
-            for uid, (statuses, raw_hash, raw_titles, text) in zip(
-                    chunk, pipe.execute(), strict=True):
-                state = parse_state(_split_pairs(raw_hash),
-                                    ((t, float(sc)) for t, sc in _split_pairs(raw_titles)))
-                results[uid] = UserResult(statuses.decode(), state,
-                                          text.decode() if text is not None else None)
+            for uid, reply in zip(chunk, pipe.execute(), strict=True):
+                results[uid] = self._result(reply)
+        return results
+
+    def _result(self, reply: Sequence[bytes | None]) -> UserResult:
+        statuses, raw_hash, raw_titles, text = reply
+        state = parse_state(_split_pairs(raw_hash or b""),
+                            ((t, float(sc)) for t, sc in _split_pairs(raw_titles or b"")))
+        return UserResult((statuses or b"").decode(), state,
+                          text.decode() if text is not None else None)
+
+    def send_apply(self, by_user: dict[str, list[PendingEvent]]) -> InFlight:
+        """Send every user's script call now and read the replies later (``collect``).
+
+        Lets the caller poll and validate the next batch while Redis works on this one.
+        The calls use EVALSHA on a connection of their own; a Redis that lost its script
+        cache (restart) answers NOSCRIPT and ``collect`` redoes those users with
+        ``apply``, which loads the script (a NOSCRIPT call did not run, so nothing is
+        applied twice).
+        """
+        if not self._loaded:
+            self.client.script_load(APPLY_LUA)
+            self._loaded = True
+        users = list(by_user)
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            commands = [("EVALSHA", self._apply.sha, 4, *self.user_keys(uid),
+                         *self._args(by_user[uid])) for uid in users]
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return InFlight(users, by_user, conn)
+
+    def collect(self, inflight: InFlight) -> dict[str, UserResult]:
+        """The results of ``send_apply``'s calls, once Redis acknowledged all of them."""
+        pool = self.client.connection_pool
+        results: dict[str, UserResult] = {}
+        missing: list[str] = []
+        try:
+            for uid in inflight.users:
+                try:
+                    results[uid] = self._result(inflight.conn.read_response())
+                except redis.exceptions.NoScriptError:
+                    missing.append(uid)
+        except BaseException:
+            inflight.conn.disconnect()
+            raise
+        finally:
+            pool.release(inflight.conn)
+        if missing:
+            self._loaded = False
+            results.update(self.apply({uid: inflight.by_user[uid] for uid in missing}))
         return results
 
     def store_texts(self, updates: Iterable[tuple[str, str, bool]]) -> int:

@@ -27,13 +27,13 @@ from typing import Any
 
 import redis
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from segstream.config import Settings
 from segstream.errors import InvalidEvent
 from segstream.events import Event, parse_event
-from segstream.feature_store import FeatureStore, PendingEvent
+from segstream.feature_store import FeatureStore, InFlight, PendingEvent, UserResult
 from segstream.feature_text import render
 from segstream.features import increments, summarize, zone
 from segstream.kafka_io import KafkaClients
@@ -82,6 +82,15 @@ class RunStats:
         return self.records / (self.last_at - self.first_at)
 
 
+@dataclass
+class Prepared:
+    """A batch after step 1: its records, the events per user, the counts so far."""
+
+    records: Sequence[Any]
+    by_user: dict[str, list[PendingEvent]]
+    result: BatchResult
+
+
 def dlq_headers(record: Any, reason: str, detail: str) -> list[tuple[str, bytes]]:
     """The provenance headers of a dead letter (see the module docstring)."""
     return [("segstream.reason", reason.encode()),
@@ -110,6 +119,7 @@ class IngestService:
         self._consumer: Any = None
         self._producer: Any = None
         self._last_gauges = 0.0
+        self._inflight: tuple[Prepared, InFlight | None, float] | None = None
 
     # ---- validation and cleaning (stateless) -------------------------------------------
 
@@ -154,12 +164,20 @@ class IngestService:
 
         A crash anywhere before 4 redelivers the batch: steps 1-3 are idempotent for the
         state (redelivered records are skipped by their offset watermark), so nothing is
-        lost or counted twice. Errors in 1-3 propagate and nothing is committed.
+        lost or counted twice. Errors in 1-3 propagate and nothing is committed. ``run``
+        performs the same steps through ``prepare``/``finish``, overlapping step 2 of one
+        batch with polling and step 1 of the next (see ``run``).
         """
+        prepared = self.prepare(records)                                      # step 1
+        results = self.store.apply(prepared.by_user) if prepared.by_user else {}  # step 2
+        return self.finish(prepared, results, commit)                         # steps 3, 4
+
+    def prepare(self, records: Sequence[Any]) -> Prepared:
+        """Step 1: validate, clean, dead-letter (flushed) and compute the increments."""
         m = self.metrics
-        result = BatchResult(records=len(records))
+        prepared = Prepared(records, defaultdict(list), BatchResult(records=len(records)))
+        outcomes = prepared.result.outcomes
         now_ms = int(time.time() * 1000)
-        by_user: dict[str, list[PendingEvent]] = defaultdict(list)
         dead_letters = []
         m.consumed.inc(len(records))
         for record in records:
@@ -170,24 +188,29 @@ class IngestService:
                     self.settings.topics.dlq, key=record.key, value=record.value,
                     headers=dlq_headers(record, exc.reason, exc.detail)))
                 m.dead_lettered.labels(reason=exc.reason).inc()
-                result.outcomes[f"dead_lettered:{exc.reason}"] += 1
+                outcomes[f"dead_lettered:{exc.reason}"] += 1
                 continue
             m.valid.inc()
             if isinstance(checked, Cleaned):
                 m.cleaned.labels(rule=checked.rule).inc()
-                result.outcomes[f"cleaned:{checked.rule}"] += 1
+                outcomes[f"cleaned:{checked.rule}"] += 1
                 continue
-            by_user[checked.user_id].append(PendingEvent(
+            prepared.by_user[checked.user_id].append(PendingEvent(
                 checked.event_id, increments(checked, self.cfg), record.topic,
                 record.partition, record.offset))
-        if dead_letters:                                                      # step 1
+        if dead_letters:
             self._producer.flush()
             for future in dead_letters:
                 future.get(timeout=30)  # raises when the broker did not take it
+        return prepared
 
-        results = self.store.apply(by_user) if by_user else {}                # step 2
+    def finish(self, prepared: Prepared, results: dict[str, UserResult],
+               commit: Callable[[dict], None]) -> BatchResult:
+        """Steps 3 and 4, once Redis acknowledged step 2 (``results``)."""
+        m = self.metrics
+        result = prepared.result
         updates = []
-        for uid, res in results.items():                                      # step 3
+        for uid, res in results.items():
             for letter in res.statuses:
                 outcome, label = STATUS_OUTCOME[letter]
                 result.outcomes[f"{outcome}:{label}" if label else outcome] += 1
@@ -202,11 +225,10 @@ class IngestService:
             m.texts_changed.inc(changed)
             updates.append((uid, text, changed or "R" in res.statuses))
         result.users = len(results)
-        result.marked = self.store.store_texts(updates)
+        result.marked = self.store.store_texts(updates)                       # step 3
         m.dirty_marks.inc(result.marked)
-
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for record in records:
+        for record in prepared.records:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
         commit(offsets)                                                       # step 4
@@ -217,9 +239,9 @@ class IngestService:
     def _commit(self, offsets: dict) -> None:
         try:
             self._consumer.commit(offsets)
-        except CommitFailedError as exc:  # rebalanced meanwhile: the new owner redelivers
-            log.warning("offset commit refused after a rebalance (%s); the batch will be "
-                        "redelivered and skipped by its watermarks", exc)
+        except KafkaError as exc:  # e.g. rebalanced meanwhile: the new owner redelivers
+            log.warning("offset commit failed (%s: %s); the batch will be redelivered and "
+                        "skipped by its offset watermarks", type(exc).__name__, exc)
 
     def _update_gauges(self) -> None:
         now = time.monotonic()
@@ -250,45 +272,99 @@ class IngestService:
         cfg = self.cfg
         check_redis(self.redis)
         self._consumer = self.kafka.consumer(
-            self.settings.topics.events, group_id=cfg.group_id,
+            group_id=cfg.group_id,
             max_poll_records=cfg.max_poll_records,
             max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
             session_timeout_ms=cfg.session_timeout_ms,
             fetch_max_bytes=max(cfg.max_partition_fetch_bytes, 8 * 1024 * 1024))
+        self._consumer.subscribe([self.settings.topics.events])
         self._producer = self.kafka.producer()
         stats = RunStats()
         idle_since = time.monotonic()
+        consumed = 0
         log.info("ingest consuming %s as group %s", self.settings.topics.events, cfg.group_id)
         try:
             while not self.stop_event.is_set():
                 polled = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms,
                                              max_records=cfg.max_poll_records)
                 records = [r for batch in polled.values() for r in batch]
+                prepared = None
                 if records:
-                    started = time.perf_counter()
                     if stats.first_at is None:
                         stats.first_at = time.monotonic()
-                    result = self._handle_with_retry(records)
-                    if result is None:
-                        break  # stopped while retrying: nothing committed, redelivered later
-                    self.metrics.batch_seconds.observe(time.perf_counter() - started)
-                    stats.last_at = time.monotonic()
-                    stats.records += len(records)
-                    stats.batches += 1
-                    stats.outcomes.update(result.outcomes)
+                    consumed += len(records)
                     idle_since = time.monotonic()
+                    prepared = self._prepare_or_none(records)
+                self._complete(stats)  # the previous batch: steps 3 and 4
+                if prepared is not None:
+                    self._send(prepared, stats)  # this batch: step 2, replies read later
+                elif records:
+                    self._sync(records, stats)
                 elif not self._consumer.assignment():
                     idle_since = time.monotonic()  # still joining the group: not idle yet
                 elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 self._update_gauges()
-                if max_records is not None and stats.records >= max_records:
+                if max_records is not None and consumed >= max_records:
                     break
+            self._complete(stats)
         finally:
             self._consumer.close(autocommit=False)
             self._producer.close(timeout=10)
         log.info("ingest stopped after %d records in %d batches", stats.records, stats.batches)
         return stats
+
+    # Pipelining: batch N's script calls are sent (step 2) and their replies read only
+    # after batch N+1 was polled and prepared (step 1), so Redis works while Python does.
+    # Batch N is still finished (steps 3, 4) before batch N+1's calls are sent. When the
+    # poll in between rebalanced the group, batch N's commit is refused: the partitions'
+    # new owner redelivers those records and skips them by their offset watermarks.
+
+    def _prepare_or_none(self, records: Sequence[Any]) -> Prepared | None:
+        try:
+            return self.prepare(records)
+        except (redis.RedisError, KafkaError) as exc:
+            log.warning("preparing a batch failed (%s); handling it synchronously", exc)
+            return None
+
+    def _send(self, prepared: Prepared, stats: RunStats) -> None:
+        started = time.perf_counter()
+        try:
+            inflight = self.store.send_apply(prepared.by_user) if prepared.by_user else None
+        except redis.RedisError as exc:
+            log.warning("sending a batch to Redis failed (%s); retrying synchronously", exc)
+            self._sync(prepared.records, stats)
+            return
+        self._inflight = (prepared, inflight, started)
+
+    def _complete(self, stats: RunStats) -> None:
+        """Finish the batch in flight, if any (steps 2's acknowledgement, 3 and 4)."""
+        if self._inflight is None:
+            return
+        prepared, inflight, started = self._inflight
+        self._inflight = None
+        try:
+            results = self.store.collect(inflight) if inflight is not None else {}
+            result = self.finish(prepared, results, self._commit)
+        except (redis.RedisError, KafkaError) as exc:
+            log.warning("finishing a batch failed (%s); retrying synchronously", exc)
+            self._sync(prepared.records, stats)
+            return
+        self._count(stats, result, started)
+
+    def _sync(self, records: Sequence[Any], stats: RunStats) -> None:
+        started = time.perf_counter()
+        result = self._handle_with_retry(records)
+        if result is None:
+            return  # stopped while retrying: nothing committed, redelivered later
+        self._count(stats, result, started)
+
+    def _count(self, stats: RunStats, result: BatchResult, started: float) -> None:
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        stats.last_at = time.monotonic()
+        stats.records += result.records
+        stats.batches += 1
+        stats.outcomes.update(result.outcomes)
 
     def _handle_with_retry(self, records: Sequence[Any]) -> BatchResult | None:
         """``handle_batch`` with backoff while Redis or Kafka are unavailable."""

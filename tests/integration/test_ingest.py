@@ -309,27 +309,39 @@ def test_cli_replay_produce_and_user(infra: Settings, unique: str, tmp_path: Any
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_two_consumers_in_one_group_share_the_work_exactly(infra: Settings,
-                                                           unique: str) -> None:
+def test_a_second_consumer_joining_mid_stream_takes_over_exactly(infra: Settings,
+                                                                 unique: str) -> None:
+    """The rebalance revokes partitions while a batch is in flight: it is finished first."""
     import threading
 
-    settings = ingest_settings(infra, unique, max_poll_records=50)
+    settings = ingest_settings(infra, unique, max_poll_records=20)
     create_topics(settings)
-    stream = SyntheticStream(users=120, days=8, seed=31, end_ms=int(time.time() * 1000),
+    stream = SyntheticStream(users=250, days=10, seed=31, end_ms=int(time.time() * 1000),
                              duplicates=0.02)
     produce(settings, stream.records())
+    total = sum(stream.counts.values())
     services = [IngestService(settings), IngestService(settings)]
     stats: list[Any] = [None, None]
+    store_texts = services[0].store.store_texts
+
+    def slow_store_texts(updates: Any) -> int:  # a slow first member: the stream lasts
+        time.sleep(0.02)
+        return store_texts(updates)
+
+    services[0].store.store_texts = slow_store_texts  # type: ignore[method-assign]
 
     def work(i: int) -> None:
         stats[i] = services[i].run(idle_exit_s=4)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    threads[0].start()
+    wait_until(lambda: sample(services[0], "ingest_records_consumed_total") > 0, timeout_s=60,
+               what="the first member at work")
+    threads[1].start()
     for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
+        t.join(timeout=240)
     assert all(s is not None for s in stats)
-    assert stats[0].records > 0 and stats[1].records > 0  # both members got partitions
-    assert stats[0].records + stats[1].records >= sum(stream.counts.values())
+    assert stats[1].records > 0  # the newcomer got partitions mid-stream ...
+    assert stats[0].records < total  # ... that the first member gave away
+    assert stats[0].records + stats[1].records >= total
     assert_exact(settings, recount(list(stream.events())))
