@@ -444,8 +444,11 @@ def _kafka_cluster_id() -> str:
 
 
 def _clients(settings: Settings, bootstrap: str) -> KafkaClients:
-    return KafkaClients(settings.kafka.model_copy(update={"bootstrap_servers": bootstrap,
-                                                          "request_timeout_ms": 5_000}))
+    """Clients for the local broker's PLAINTEXT listener (whatever the services use)."""
+    return KafkaClients(settings.kafka.model_copy(update={
+        "bootstrap_servers": bootstrap, "request_timeout_ms": 5_000,
+        "security_protocol": "PLAINTEXT", "sasl_mechanism": None, "sasl_username": None,
+        "sasl_password": None}))
 
 
 @contextlib.contextmanager

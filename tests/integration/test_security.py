@@ -116,14 +116,23 @@ def test_local_sasl_listener_rejects_unquotable_credentials() -> None:
 @pytest.fixture(scope="module")
 def sasl_broker(infra: Settings) -> Iterator[Settings]:
     """A second broker on free ports with a SASL_PLAINTEXT listener and one user."""
-    settings = load_settings(local={
-        **infra.local.model_dump(), "kafka_port": free_port(),
-        "kafka_controller_port": free_port(), "kafka_sasl_port": free_port(),
-        "kafka_heap_mb": 256, "kafka_sasl_users": {"alice": KAFKA_PASSWORD}})
+    sasl_port = free_port()
+    settings = load_settings(
+        local={**infra.local.model_dump(), "kafka_port": free_port(),
+               "kafka_controller_port": free_port(), "kafka_sasl_port": sasl_port,
+               "kafka_heap_mb": 256, "kafka_sasl_users": {"alice": KAFKA_PASSWORD}},
+        # the services' own client settings point at the SASL listener; the start-up
+        # probes of segstream up must still use the broker's PLAINTEXT listener
+        kafka={"bootstrap_servers": f"127.0.0.1:{sasl_port}",
+               "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+               "sasl_username": "alice", "sasl_password": KAFKA_PASSWORD})
     broker = LocalKafka(settings.local)
     shutil.rmtree(broker.dir, ignore_errors=True)  # a stale folder of an earlier run's port
     try:
         broker.start(settings)
+        status = broker.status(settings)
+        assert status.healthy, status.detail
+        assert "SASL_PLAINTEXT listener" in status.extra
         yield settings
     finally:
         broker.stop()
