@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -191,9 +192,13 @@ def cmd_freshness(args: argparse.Namespace) -> None:
     admin.close()
     client = redis_client(settings.redis)
     keys = Keys(settings.redis.key_prefix)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the services
+    logs = {name: open(f"{args.logs}/bench-seg-{run}-{name}.log", "w")  # noqa: SIM115
+            for name in ("ingest", "encoder", "segmenter")}
     procs = [subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run", name],
-                              env={**os.environ, **env}, stderr=subprocess.DEVNULL)
-             for name in ("ingest", "encoder", "segmenter")]
+                              env={**os.environ, **env}, stderr=log)
+             for name, log in logs.items()]
+    print(f"service logs: {args.logs}/bench-seg-{run}-*.log")
     producer = kafka.producer(linger_ms=2)
     try:
         synthetic = SyntheticStream(users=args.users, days=30, seed=5, activity=0.3)
@@ -211,6 +216,8 @@ def cmd_freshness(args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not (
                 client.hlen(catalog) and client.zcard(keys.dirty()) == 0):
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a service exited during the warm-up: see its log")
             time.sleep(0.5)
         print(f"warm-up: {len(events)} events of {args.users} users segmented")
         probes = Probes(kafka, settings.topics.segments)
@@ -247,6 +254,12 @@ def cmd_freshness(args: argparse.Namespace) -> None:
         probes.stop.set()
         probes.thread.join(5)
         lat = sorted(probes.first[u] - sent_at[u] for u in sent_at if u in probes.first)
+        stage = []  # encoder's write of the probe's vector -> its record (segmenter + Kafka)
+        for uid in probes.first:
+            encoded = client.hget(keys.user(uid, "emb"), "encoded_ms")
+            if encoded:
+                stage.append(probes.first[uid] - int(encoded) / 1000)
+        stage.sort()
         print(f"load: {n_sent / elapsed:.0f} background events/s for {elapsed:.0f}s "
               f"+ {len(sent_at)} probe bursts of {args.burst} events")
         if lat:
@@ -255,6 +268,11 @@ def cmd_freshness(args: argparse.Namespace) -> None:
             print(f"freshness (last event -> change record): p50 {p50 * 1000:.0f} ms, "
                   f"p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms over {len(lat)} "
                   f"probes ({len(sent_at) - len(lat)} without a record)")
+            if stage:
+                print(f"segmenter stage (vector stored -> record received): p50 "
+                      f"{stage[len(stage) // 2] * 1000:.0f} ms, p99 "
+                      f"{stage[min(len(stage) - 1, int(len(stage) * 0.99))] * 1000:.0f} ms "
+                      "(a probe re-encoded later than its first record counts low)")
         else:
             print("no probe produced a record")
     finally:
@@ -263,6 +281,8 @@ def cmd_freshness(args: argparse.Namespace) -> None:
             p.terminate()
         for p in procs:
             p.wait(30)
+        for log in logs.values():
+            log.close()
         for key in client.scan_iter(match=f"*bench-seg-{run}*", count=1000):
             client.delete(key)
 
@@ -285,6 +305,7 @@ def main() -> None:
     p.add_argument("--users", type=int, default=1000, help="warm-up users")
     p.add_argument("--probe-ms", type=float, default=250.0)
     p.add_argument("--burst", type=int, default=5)
+    p.add_argument("--logs", default="/tmp", help="folder for the services' logs")
     p.set_defaults(func=cmd_freshness)
     args = parser.parse_args()
     args.func(args)

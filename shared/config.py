@@ -199,6 +199,7 @@ class SegmenterSettings(BaseModel):
     at_risk_days: float = Field(default=14.0, ge=0)
     dormant_days: float = Field(default=30.0, ge=0)
     loyal_frequency: int = Field(default=20, ge=1)
+    loyal_spend: float = Field(default=0.0, ge=0, description="0 = spend does not count")
 
 
 class Settings(BaseSettings):

@@ -28,13 +28,17 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import redis
+from kafka.errors import KafkaError
 
 from segstream.config import Settings
 from segstream.errors import InfraError
+from segstream.feature_store import parse_state
+from segstream.features import summarize, zone
 from segstream.health import service_health
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import Keys, redis_client
@@ -72,6 +76,24 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def rfm(raw_features: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
+    """Recency, frequency and monetary value from the ingest feature hash (event time):
+    the newest event, events and spend over the longest window, and the oldest kept day
+    (a lower bound of tenure). Empty when ingest keeps no features for the user."""
+    if not raw_features:
+        return {}
+    state = parse_state(((k.decode(), v.decode()) for k, v in raw_features.items()), ())
+    if state.last_ts is None:
+        return {}
+    longest = max(summarize(state, settings.ingest).windows, key=lambda w: w.days)
+    days = [int(name.split(":", 1)[1]) for name in state.buckets if ":" in name]
+    tz = zone(settings.ingest.timezone)
+    oldest = (int(datetime.fromordinal(min(days)).replace(tzinfo=tz).timestamp() * 1000)
+              if days else state.last_ts)
+    return {"last_active_ms": state.last_ts, "frequency": longest.events,
+            "monetary": round(longest.spend, 2), "oldest_event_ms": oldest}
+
+
 class SegmenterService:
     """Reads the ``embedded`` stream, keeps the model current and publishes changes."""
 
@@ -88,8 +110,9 @@ class SegmenterService:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = metrics or SegmenterMetrics()
         self.config = SegConfig.from_settings(self.s)
-        self.thresholds = EngagementThresholds(self.s.new_days, self.s.at_risk_days,
-                                               self.s.dormant_days, self.s.loyal_frequency)
+        self.thresholds = EngagementThresholds(
+            self.s.new_days, self.s.at_risk_days, self.s.dormant_days, self.s.loyal_frequency,
+            self.s.loyal_spend or float("inf"))
         self.stop_event = threading.Event()
         self.model = OnlineSegmenter(self.config)
         self.rev = -1
@@ -116,7 +139,7 @@ class SegmenterService:
             while not self.stop_event.is_set():
                 try:
                     self.step()
-                except (redis.RedisError, InfraError, OSError) as exc:
+                except (redis.RedisError, KafkaError, InfraError, OSError) as exc:
                     log.warning("batch failed, will retry: %s", exc)
                     self._reset()
                     self.stop_event.wait(1.0)
@@ -202,13 +225,20 @@ class SegmenterService:
             pipe.hgetall(self.keys.user(uid, "emb"))
             pipe.hgetall(self.sk.user(uid))
             pipe.get(self.keys.user(uid, "text"))
+            pipe.hgetall(self.keys.user(uid, "f"))
         got = pipe.execute()
         states: dict[str, dict[str, Any]] = {}
         obs: list[Observation] = []
         for i, uid in enumerate(users):
-            emb, seg, text = got[3 * i], store.decode_hash(got[3 * i + 1]), got[3 * i + 2]
+            emb, seg, text = got[4 * i], store.decode_hash(got[4 * i + 1]), got[4 * i + 2]
             entry = latest[uid]
             outcome = self._observation(uid, entry, emb, seg, text, states, obs)
+            if outcome == "processed":
+                found = rfm(got[4 * i + 3], self.settings)
+                if found:  # event-time RFM from ingest's features beats stream times
+                    st = states[uid]
+                    oldest = found.pop("oldest_event_ms")
+                    st.update(found, first_seen_ms=min(int(st["first_seen_ms"]), oldest))
             self.metrics.entries.labels(outcome).inc()
         t = now_ms()
         assignments = self.model.observe(obs, t) if obs else []
@@ -297,7 +327,8 @@ class SegmenterService:
                 ) -> dict[str, Any] | None:
         st = states[a.key]
         tier = engagement_tier(int(st["first_seen_ms"]), int(st["last_active_ms"]),
-                               int(st["frequency"]), t, thresholds=self.thresholds)
+                               int(st["frequency"]), t, float(st.get("monetary") or 0.0),
+                               thresholds=self.thresholds)
         seg = self.model.segments[a.segment_id]
         record = None
         if a.changed:

@@ -115,5 +115,9 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
                               [final[u] for u in sorted(truth)])
     moves = sum(1 for r in published if r["previous_segment_id"] is not None)
     print(f"\nARI {ari:.3f} over {len(truth)} users; {len(published)} change records, "
-          f"{moves} moves; centroids version {segmenter.model.version}")
+          f"{moves} moves; centroids version {segmenter.model.version}; engagement "
+          f"{dict(Counter(r['engagement_tier'] for r in published))}")
     assert ari >= 0.8
+    last = {r["user_id"]: r for r in published}
+    tiers = Counter(r["engagement_tier"] for r in last.values())
+    assert len(tiers) >= 2, tiers  # event-time RFM from ingest's features, not all "new"
