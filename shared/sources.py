@@ -146,7 +146,15 @@ class ReadReport:
 def load_items(path: str | Path, mapping: Mapping) -> dict[str, dict[str, Any]]:
     """An item table (item_id -> title/category/price) for joining onto events."""
     items = {}
-    for row in _rows(Path(path)):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}")
+    for n, row in enumerate(_rows(path)):
+        if n == 0:
+            missing = [c for c in mapping.columns.values() if c not in row]
+            if missing:
+                raise ConfigError(f"{path.name}: no column {missing[0]!r} "
+                                  f"(columns: {', '.join(map(str, row))[:200]})")
         item_id = row.get(mapping.columns.get("item_id", "item_id"))
         if item_id in (None, ""):
             continue

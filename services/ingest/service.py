@@ -31,7 +31,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from segstream.config import Settings
-from segstream.errors import InvalidEvent
+from segstream.errors import InfraError, InvalidEvent
 from segstream.events import Event, parse_event
 from segstream.feature_store import FeatureStore, InFlight, PendingEvent, UserResult
 from segstream.feature_text import render
@@ -266,19 +266,30 @@ class IngestService:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
+    def _connect_kafka(self) -> Any:
+        cfg = self.cfg
+        return self.kafka.consumer(
+            group_id=cfg.group_id, max_poll_records=cfg.max_poll_records,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            session_timeout_ms=cfg.session_timeout_ms,
+            fetch_max_bytes=max(cfg.max_partition_fetch_bytes, 8 * 1024 * 1024))
+
     def run(self, idle_exit_s: float | None = None, max_records: int | None = None
             ) -> RunStats:
         """Consume until stopped (signal, ``stop_event``), idle or ``max_records`` read."""
         cfg = self.cfg
         check_redis(self.redis)
-        self._consumer = self.kafka.consumer(
-            group_id=cfg.group_id,
-            max_poll_records=cfg.max_poll_records,
-            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-            session_timeout_ms=cfg.session_timeout_ms,
-            fetch_max_bytes=max(cfg.max_partition_fetch_bytes, 8 * 1024 * 1024))
+        try:
+            self._consumer = self._connect_kafka()
+        except KafkaError as exc:
+            raise InfraError(f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: "
+                             f"{exc}") from None
         self._consumer.subscribe([self.settings.topics.events])
-        self._producer = self.kafka.producer()
+        try:
+            self._producer = self.kafka.producer()
+        except KafkaError as exc:
+            self._consumer.close(autocommit=False)
+            raise InfraError(f"cannot reach Kafka: {exc}") from None
         stats = RunStats()
         idle_since = time.monotonic()
         consumed = 0

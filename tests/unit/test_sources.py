@@ -116,3 +116,9 @@ def test_bad_input_is_a_one_line_config_error(tmp_path: Path, call: object,
 def test_unsupported_extension(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unsupported file type"):
         read_events(write(tmp_path, "e.parquet", "x"))
+
+
+def test_item_table_with_a_missing_column(tmp_path: Path) -> None:
+    movies = write(tmp_path, "movies.csv", "movieId,title\n1,Heat (1995)\n")
+    with pytest.raises(ConfigError, match="no column 'genres'"):
+        load_items(movies, Mapping(columns={"item_id": "movieId", "category": "genres"}))
