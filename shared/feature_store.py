@@ -59,6 +59,7 @@ local rm, rn = tonumber(meta[2]) or -1, tonumber(meta[3]) or 0
 local last = tonumber(meta[4]) or -1
 local cache, changed, wms, status, titles = {}, {}, {}, {}, {}
 local newest, titled, deduped = -1, false, false
+local dcount = redis.call('ZCARD', dkey)
 
 local function bucket(field)
   local t = cache[field]
@@ -90,6 +91,11 @@ for e, ev in ipairs(events) do
       status[e] = 'D'
     else
       deduped = true
+      dcount = dcount + 1
+      if dcount > dmax then  -- drop the oldest now: the set never outgrows its compact form
+        redis.call('ZPOPMIN', dkey)
+        dcount = dcount - 1
+      end
       if ts > newest then newest = ts end
       if minute == rm then rn = rn + 1 elseif minute > rm then rm, rn = minute, 1 end
       if minute == rm and rn > botmax then
