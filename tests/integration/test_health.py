@@ -96,3 +96,21 @@ def test_one_dead_dependency_fails_the_whole_probe(infra: Settings) -> None:
         health()
     assert err.value.checks["kafka"] == "ok"
     assert err.value.checks["redis"] != "ok"
+
+
+def test_listen_address_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                   metrics: ServiceMetrics) -> None:
+    from segstream.config import load_settings
+
+    monkeypatch.setenv("SEGSTREAM_METRICS_ADDR", "127.0.0.2")
+    load_settings()  # the variable is not a settings field, and settings accept it
+    server = metrics.serve(0)
+    try:
+        port = server.server_port
+        assert server.server_address[0] == "127.0.0.2"
+        assert get(f"http://127.0.0.2:{port}/metrics")[0] == 200
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
