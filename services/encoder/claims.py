@@ -8,11 +8,12 @@ Keys (all in the ``{<prefix>:q}`` hash slot, see ``segstream.redis_io.Keys``):
 - ``fence``      counter; every claim call takes the next value
 - ``embedded``   stream, one entry per completed claim (the segmenter's input)
 
-A claim call first returns expired leases to ``dirty`` (keeping the earlier mark), then —
-only if ``batch`` users are dirty or the oldest mark is ``max_wait_ms`` old — moves up to
-``batch`` users that no live claim holds into ``claims`` under a fresh token
-``<worker>:<fence>``. A user re-marked while claimed waits in ``dirty`` until that claim
-ends, so one user is never encoded by two workers at once.
+A claim call first returns expired leases to ``dirty`` (keeping the earlier mark). Users
+that a live claim holds are not eligible: a user re-marked while claimed waits in
+``dirty`` until that claim ends, so one user is never encoded by two workers at once.
+Then — only if ``batch`` users are eligible or the oldest eligible mark is
+``max_wait_ms`` old — it moves up to ``batch`` of them, oldest first, into ``claims``
+under a fresh token ``<worker>:<fence>``.
 
 ``complete`` appends the stream entries and releases the claims in one step, only for
 claims the token still holds: a worker whose lease expired (and whose users another
@@ -44,29 +45,29 @@ for _, uid in ipairs(expired) do
   redis.call('ZREM', KEYS[2], uid)
   redis.call('HDEL', KEYS[3], uid)
 end
-local n = redis.call('ZCARD', KEYS[1])
-if n == 0 then return {0, #expired, -1} end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local age = now - tonumber(oldest[2])
-if n < batch and age < max_wait then return {0, #expired, max_wait - age} end
+local cand = redis.call('ZRANGE', KEYS[1], 0, batch + redis.call('ZCARD', KEYS[2]) - 1,
+                        'WITHSCORES')
+local pick = {}
+for i = 1, #cand, 2 do
+  if #pick >= 2 * batch then break end
+  if not redis.call('ZSCORE', KEYS[2], cand[i]) then
+    pick[#pick + 1] = cand[i]
+    pick[#pick + 1] = cand[i + 1]
+  end
+end
+if #pick == 0 then return {0, #expired, -1} end
+local age = now - tonumber(pick[2])
+if #pick < 2 * batch and age < max_wait then return {0, #expired, max_wait - age} end
 local fence = redis.call('INCR', KEYS[4])
 local token = ARGV[4] .. ':' .. fence
 local deadline = now + lease
-local scan = batch + redis.call('ZCARD', KEYS[2])
-local cand = redis.call('ZRANGE', KEYS[1], 0, scan - 1, 'WITHSCORES')
 local out = {fence, #expired, 0}
-local taken = 0
-for i = 1, #cand, 2 do
-  if taken >= batch then break end
-  local uid = cand[i]
-  if not redis.call('ZSCORE', KEYS[2], uid) then
-    redis.call('ZREM', KEYS[1], uid)
-    redis.call('ZADD', KEYS[2], deadline, uid)
-    redis.call('HSET', KEYS[3], uid, token .. '|' .. cand[i + 1])
-    out[#out + 1] = uid
-    out[#out + 1] = cand[i + 1]
-    taken = taken + 1
-  end
+for i = 1, #pick, 2 do
+  redis.call('ZREM', KEYS[1], pick[i])
+  redis.call('ZADD', KEYS[2], deadline, pick[i])
+  redis.call('HSET', KEYS[3], pick[i], token .. '|' .. pick[i + 1])
+  out[#out + 1] = pick[i]
+  out[#out + 1] = pick[i + 1]
 end
 return out
 """

@@ -22,7 +22,7 @@ import torch
 from segstream.config import Settings
 from segstream.encoding import Encoder, cosine_rows, text_hash, vec_from_bytes
 from segstream.redis_io import Keys
-from segstream.services.encoder.claims import Claim
+from segstream.services.encoder.claims import Claim, ClaimQueue, Done
 from segstream.services.encoder.service import BatchReport, EncoderWorker
 from tests.helpers import wait_until
 
@@ -139,6 +139,32 @@ def test_size_or_max_wait_trigger(infra: Settings, redis_conn: redis.Redis, uniq
     mark(redis_conn, keys, {f"s-{i}": text_for(f"s-{i}") for i in range(120)})
     sizes = [r.users for r in drain(worker)]
     assert sizes[:2] == [50, 50]  # the size trigger fires without waiting
+
+
+def test_claims_skip_users_held_by_live_claims(redis_conn: redis.Redis, unique: str
+                                               ) -> None:
+    keys = Keys(unique)
+    a, b = ClaimQueue(redis_conn, keys, "a"), ClaimQueue(redis_conn, keys, "b")
+    mark(redis_conn, keys, {"x": "one", "y": "two"})
+    held = a.claim(batch=1, max_wait_ms=0, lease_ms=60_000)
+    assert [u for u, _ in held.users] == ["x"] and held.token == f"a:{held.fence}"
+    mark(redis_conn, keys, {"x": "one, changed"})  # re-marked while a holds it
+    got = b.claim(batch=10, max_wait_ms=0, lease_ms=60_000)
+    assert [u for u, _ in got.users] == ["y"] and got.fence > held.fence
+    idle = b.claim(batch=10, max_wait_ms=0, lease_ms=60_000)
+    assert not idle.users and idle.wait_ms == -1  # x waits for a's claim: no busy loop
+    assert redis_conn.zcard(keys.dirty()) == 1
+    # b cannot complete a's claim; a can, once; then x is claimable again
+    done = [Done("x", "m", "h", held.users[0][1], 1)]
+    assert b.complete(got.token, done, 1_000) == (0, 1)
+    assert a.complete(held.token, done, 1_000) == (1, 0)
+    assert a.complete(held.token, done, 1_000) == (0, 1)
+    assert [u for u, _ in b.claim(10, 0, 60_000).users] == ["x"]
+    # a write fenced by an older claim never overwrites a newer one
+    assert b.write_embeddings(got.fence, [("z", b"new", "m", "h2", 2)]) == 0
+    assert a.write_embeddings(held.fence, [("z", b"old", "m", "h1", 1)]) == 1
+    assert redis_conn.hget(keys.user("z", "emb"), "vec") == b"new"
+    assert redis_conn.xlen(keys.embedded()) == 1
 
 
 @pytest.fixture
