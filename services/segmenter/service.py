@@ -225,27 +225,21 @@ class SegmenterService:
             pipe.hgetall(self.keys.user(uid, "emb"))
             pipe.hgetall(self.sk.user(uid))
             pipe.get(self.keys.user(uid, "text"))
-            pipe.hgetall(self.keys.user(uid, "f"))
         got = pipe.execute()
         states: dict[str, dict[str, Any]] = {}
         obs: list[Observation] = []
         for i, uid in enumerate(users):
-            emb, seg, text = got[4 * i], store.decode_hash(got[4 * i + 1]), got[4 * i + 2]
-            entry = latest[uid]
-            outcome = self._observation(uid, entry, emb, seg, text, states, obs)
-            if outcome == "processed":
-                found = rfm(got[4 * i + 3], self.settings)
-                if found:  # event-time RFM from ingest's features beats stream times
-                    st = states[uid]
-                    oldest = found.pop("oldest_event_ms")
-                    st.update(found, first_seen_ms=min(int(st["first_seen_ms"]), oldest))
+            emb, seg, text = got[3 * i], store.decode_hash(got[3 * i + 1]), got[3 * i + 2]
+            outcome = self._observation(uid, latest[uid], emb, seg, text, states, obs)
             self.metrics.entries.labels(outcome).inc()
         t = now_ms()
         assignments = self.model.observe(obs, t) if obs else []
         self._fill_missing_states([a.key for a in assignments], states)
+        self._load_rfm([a.key for a in assignments if a.changed], states)
         records = [self._assign(a, states, t) for a in assignments]
         if self.model.maintenance_due:
             extra = self._maintain(states, t)
+            self._load_rfm([a.key for a in extra if a.changed], states)
             records += [self._assign(a, states, t) for a in extra]
             assignments += extra
         changes = [r for r in records if r is not None]
@@ -298,6 +292,21 @@ class SegmenterService:
                            "first_seen_ms": int(seg.get("first_seen_ms") or last),
                            "frequency": int(seg.get("frequency") or 1),
                            "model_version": self.model.model_version or ""}
+
+    def _load_rfm(self, users: list[str], states: dict[str, dict[str, Any]]) -> None:
+        """Event-time RFM from ingest's features for the users about to get a record (the
+        others keep the cheap stream-time tracking until they change)."""
+        if not users:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for uid in users:
+            pipe.hgetall(self.keys.user(uid, "f"))
+        for uid, raw in zip(users, pipe.execute(), strict=True):
+            found = rfm(raw, self.settings)
+            if found:
+                st = states[uid]
+                oldest = found.pop("oldest_event_ms")
+                st.update(found, first_seen_ms=min(int(st["first_seen_ms"]), oldest))
 
     def _maintain(self, states: dict[str, dict[str, Any]], t: int) -> list[Assignment]:
         """A maintenance refit over the recent users' current embeddings (see

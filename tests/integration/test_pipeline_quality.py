@@ -20,6 +20,7 @@ import redis
 from sklearn.metrics import adjusted_rand_score
 
 from segstream.config import Settings
+from segstream.events import parse_ts
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.redis_io import Keys, redis_client
 from segstream.services.encoder.service import EncoderWorker
@@ -79,14 +80,23 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
     producer = kafka.producer(linger_ms=20)
     try:
         size = -(-len(records) // CHUNKS)
-        for i in range(CHUNKS):
-            chunk = records[i * size:(i + 1) * size]
+        chunks = [records[i * size:(i + 1) * size] for i in range(CHUNKS)]
+        newest = max(parse_ts(json.loads(v)["ts"]) for _, v in records if v)
+        replay = [(k, v) for k, v in records  # inside ingest's 7-day dedup window
+                  if v and parse_ts(json.loads(v)["ts"]) > newest - 5 * 86_400_000]
+        for i, chunk in enumerate([*chunks, replay]):  # identical events sent again
+            if i == CHUNKS:
+                emitted = segmenter.metrics.changes.labels("moved")._value.get()
+                versions = segmenter.model.version
             for key, value in chunk:
                 producer.send(settings.topics.events, key=key, value=value)
             producer.flush(timeout=60)
             ingest.run(max_records=len(chunk), idle_exit_s=30)
             wait_until(lambda: settled(redis_conn, settings), 240, interval_s=0.2,
                        what=f"chunk {i + 1} encoded and segmented")
+        # identical events again: deduplicated upstream, no re-embedding, no record
+        assert segmenter.metrics.changes.labels("moved")._value.get() == emitted
+        assert segmenter.model.version == versions
     finally:
         producer.close()
         stop.set()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -210,6 +212,17 @@ def test_redelivered_batch_is_applied_once(settings: Settings, redis_conn: redis
     assert sum(model.segments[s].size for s in model.slot_ids) == 24
 
 
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """``cli_main`` points the root logger at the captured stderr: put it back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("keep_logging")
 def test_segments_cli_and_sigterm(settings: Settings, redis_conn: redis.Redis,
                                   kafka: KafkaClients, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
