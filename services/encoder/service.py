@@ -2,9 +2,10 @@
 
 One micro-batch: claim up to ``claim_batch`` users (size or max-wait trigger, see
 ``claims``), read their texts and current embeddings, reuse the vector when the text is
-unchanged, dedupe identical texts, look the rest up in the text cache, run the model on
-the misses only, write each user's embedding (fenced), then complete the claims — which
-appends one ``embedded`` stream entry per user for the segmenter. Any number of workers
+unchanged, dedupe identical texts, look the rest up in the text cache (which admits a
+vector once its text recurs, see ``cache``), run the model on the misses only, write each
+user's embedding (fenced), then complete the claims — which appends one ``embedded``
+stream entry per user for the segmenter. Any number of workers
 can run side by side; a killed worker's claims return to the queue when their lease ends.
 """
 
@@ -109,7 +110,7 @@ class EncoderWorker:
                 continue
             hashes[uid] = thash
             texts.setdefault(thash, text)
-        vectors = self._vectors(texts, report)
+        vectors = self._vectors(texts, Counter(hashes.values()), report)
         encoded_ms = _now_ms()
         rows = [(uid, vec_to_bytes(vectors[h]), version, h, encoded_ms)
                 for uid, h in hashes.items()]
@@ -129,7 +130,8 @@ class EncoderWorker:
         self._account(report)
         return report
 
-    def _vectors(self, texts: dict[str, str], report: BatchReport) -> dict[str, np.ndarray]:
+    def _vectors(self, texts: dict[str, str], users: Counter[str], report: BatchReport
+                 ) -> dict[str, np.ndarray]:
         found = self.cache.get_many(list(texts)) if self.cache else {}
         missing = [h for h in texts if h not in found]
         if missing:
@@ -138,7 +140,7 @@ class EncoderWorker:
             self.metrics.encode_seconds.observe(time.perf_counter() - t0)
             fresh = dict(zip(missing, encoded, strict=True))
             if self.cache:
-                self.cache.put_many(fresh)
+                self.cache.put_many(fresh, users)
             found.update(fresh)
         report.texts_encoded = len(missing)
         return found

@@ -121,6 +121,15 @@ def test_encodes_stores_and_caches_repeated_texts(
     assert redis_conn.hlen(keys.queue("claim_meta")) == 0
     exposition = other.metrics.base.exposition().decode()
     assert "segstream_encoder_cache_hits_total 12.0" in exposition
+    assert other.cache.stored == 0 and worker.cache is not None and worker.cache.stored == 6
+
+    # A text seen once leaves only a marker; its vector is cached once it recurs.
+    rare = "Last 30 days: 1 event. Mostly woodworking (100%)."
+    for n, uid in enumerate(("r-1", "r-2", "r-3")):
+        mark(redis_conn, keys, {uid: rare})
+        drain(other)
+        assert bool(redis_conn.exists(other.cache.key(text_hash(rare)))) == (n >= 1)
+    assert other.totals["texts_encoded"] == 2 and other.totals["cache"] == 12 + 1
     assert 'segstream_encoder_users_total{outcome="unchanged"} 5.0' in exposition
     assert "segstream_encoder_encode_seconds_count" in exposition
 
