@@ -76,9 +76,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Bring the local infrastructure up and show it (the streaming demo builds on this)."""
-    cmd_up(settings, args)
-    return 0 if _print_status(settings, as_json=False) else 1
+    from segstream.services.demo import run_demo
+
+    return run_demo(settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     add("down", cmd_down, "Stop the local Kafka broker and Redis (SIGTERM, then SIGKILL).")
     p = add("status", cmd_status, "Show whether the local Kafka and Redis are healthy.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    add("demo", cmd_demo, "Bring everything up and show it working.")
+    p = add("demo", cmd_demo, "Bring up Kafka + Redis and the services, stream synthetic "
+            "personas (or --file), show segments forming live, summarise, shut down.")
+    p.add_argument("--users", type=int, default=400, help="synthetic users (400)")
+    p.add_argument("--days", type=int, default=30, help="days of synthetic history (30)")
+    p.add_argument("--seed", type=int, default=7, help="generator seed (7)")
+    p.add_argument("--malformed", type=float, default=0.01, metavar="SHARE",
+                   help="share of malformed records, dead-lettered by ingest (0.01)")
+    p.add_argument("--rate", type=float, default=3_000, metavar="N",
+                   help="events per second offered (3000; 0 = as fast as possible)")
+    p.add_argument("--k", type=int, default=8, help="fine segments (8)")
+    p.add_argument("--settle", type=float, default=15.0, metavar="S",
+                   help="end after everything is consumed and S seconds without changes")
+    p.add_argument("--max-seconds", type=float, default=900.0, metavar="S",
+                   help="end after S seconds whatever happens (900)")
+    p.add_argument("--keep-infra", action="store_true",
+                   help="leave Kafka and Redis running at the end")
+    from segstream.services.offline.cli import add_source_args
+
+    add_source_args(p, positional=False)
     run = add("run", _missing_service, "Run one service in the foreground.")
     run_sub = run.add_subparsers(dest="service", required=True, metavar="SERVICE",
                                  parser_class=_Parser)

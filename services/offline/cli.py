@@ -14,21 +14,25 @@ from segstream.events import Event, event_from_dict
 from segstream.sources import Mapping, ReadReport, load_items, parse_pairs, read_events
 
 
-def add_source_args(p: argparse.ArgumentParser) -> None:
-    """Arguments that say how to read a foreign event file (shared by fit and eval)."""
-    p.add_argument("file", metavar="FILE", help="events as CSV, TSV or JSONL")
+def add_source_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    """Arguments that say how to read a foreign event file (fit, eval and demo --file)."""
+    if positional:
+        p.add_argument("file", metavar="FILE", help="events as CSV, TSV or JSONL")
+    else:
+        p.add_argument("--file", metavar="FILE",
+                       help="stream this event file (CSV, TSV or JSONL) instead")
     p.add_argument("--map", metavar="FIELD=COLUMN,...",
                    help="event field <- file column, e.g. user_id=CustomerID,ts=InvoiceDate")
     p.add_argument("--set", metavar="FIELD=VALUE,...",
                    help="constant values for fields the file lacks, e.g. type=purchase")
     p.add_argument("--items", metavar="FILE", help="item table joined on item_id (titles, "
                    "categories, prices), e.g. MovieLens movies.csv")
-    p.add_argument("--item-map", metavar="FIELD=COLUMN,...",
+    p.add_argument("--items-map", metavar="FIELD=COLUMN,...",
                    help="item field <- item-table column, e.g. item_id=movieId,category=genres")
     p.add_argument("--ts-unit", default="auto", choices=("auto", "s", "ms", "us"),
                    help="unit of numeric timestamps (auto: guessed from magnitude)")
     p.add_argument("--ts-format", metavar="STRPTIME", help="format of textual timestamps")
-    p.add_argument("--timezone", default="UTC", help="zone of timestamps written without one")
+    p.add_argument("--tz", default="UTC", help="zone of timestamps written without one")
     p.add_argument("--windows", metavar="SHORT,LONG",
                    help="feature windows in days (default: settings.ingest.windows_days, "
                    "7,30); history files spanning years read better with e.g. 30,365")
@@ -48,20 +52,27 @@ def ingest_settings(args: argparse.Namespace, settings: Settings) -> IngestSetti
     return settings.ingest.model_copy(update={"windows_days": (short, long)})
 
 
-def load_events(args: argparse.Namespace, settings: Settings) -> tuple[list[Event], ReadReport]:
-    """Read, map, join and validate the file's events; invalid rows are counted, not fatal."""
+def read_mapped(args: argparse.Namespace, settings: Settings
+                ) -> tuple[list[dict[str, Any]], ReadReport]:
+    """The file's rows as contract dicts (mapped, joined, in event-time order)."""
     mapping = Mapping(columns=parse_pairs(args.map), constants=parse_pairs(args.set, "--set"),
-                      ts_unit=args.ts_unit, ts_format=args.ts_format, timezone=args.timezone)
+                      ts_unit=args.ts_unit, ts_format=args.ts_format, timezone=args.tz)
     items = None
     if args.items:
         if not Path(args.items).is_file():
             raise ConfigError(f"--items: no such file: {args.items}")
-        items = load_items(args.items, Mapping(columns=parse_pairs(args.item_map,
-                                                                   "--item-map")))
+        items = load_items(args.items, Mapping(columns=parse_pairs(args.items_map,
+                                                                   "--items-map")))
     report = ReadReport()
+    return read_events(args.file, mapping, items, report), report
+
+
+def load_events(args: argparse.Namespace, settings: Settings) -> tuple[list[Event], ReadReport]:
+    """Read, map, join and validate the file's events; invalid rows are counted, not fatal."""
+    rows, report = read_mapped(args, settings)
     events = []
     allowed = settings.events.allowed_types
-    for row in read_events(args.file, mapping, items, report):
+    for row in rows:
         try:
             events.append(event_from_dict(row, allowed))
         except InvalidEvent as exc:
