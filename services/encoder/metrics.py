@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from segstream.metrics import ServiceMetrics
 
-# Where each user's vector came from in a micro-batch, or why it got none.
+# Where each claimed user's vector came from, or why it got none; ``lost_claim`` (the
+# lease ran out before completion, another worker redoes the user) is counted in addition.
 OUTCOMES = ("encoded", "cache", "unchanged", "missing_text", "lost_claim")
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
