@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any
 
 import redis
@@ -87,6 +88,8 @@ def user_segment_info(settings: Settings, redis_client: redis.Redis, user_id: st
     raw = store.decode_hash(redis_client.hgetall(keys.user(user_id)))
     if not raw.get("segment_id"):
         return None
+    features = redis_client.hgetall(keys.keys.user(user_id, "f"))
+    now = int(time.time() * 1000)
     path = json.loads(raw["tier_path"])
     labels = []
     for node, entry in zip(path, redis_client.hmget(keys.catalog, path), strict=True):
@@ -99,7 +102,7 @@ def user_segment_info(settings: Settings, redis_client: redis.Redis, user_id: st
                         for s, w in json.loads(raw["memberships"])],
         "tier_path": path,
         "tier_labels": labels,
-        "engagement_tier": raw.get("engagement"),
+        "engagement_tier": store.engagement(raw, features, settings, now),
         "model_version": raw.get("model_version"),
         "centroids_version": int(raw.get("centroids_version") or 0),
         "assigned_at": store.iso(int(raw["assigned_ms"])) if raw.get("assigned_ms") else None,

@@ -28,7 +28,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -37,8 +36,6 @@ from kafka.errors import KafkaError
 
 from segstream.config import Settings
 from segstream.errors import InfraError
-from segstream.feature_store import parse_state
-from segstream.features import summarize, zone
 from segstream.health import service_health
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import Keys, redis_client
@@ -74,24 +71,6 @@ class Entry:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def rfm(raw_features: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
-    """Recency, frequency and monetary value from the ingest feature hash (event time):
-    the newest event, events and spend over the longest window, and the oldest kept day
-    (a lower bound of tenure). Empty when ingest keeps no features for the user."""
-    if not raw_features:
-        return {}
-    state = parse_state(((k.decode(), v.decode()) for k, v in raw_features.items()), ())
-    if state.last_ts is None:
-        return {}
-    longest = max(summarize(state, settings.ingest).windows, key=lambda w: w.days)
-    days = [int(name.split(":", 1)[1]) for name in state.buckets if ":" in name]
-    tz = zone(settings.ingest.timezone)
-    oldest = (int(datetime.fromordinal(min(days)).replace(tzinfo=tz).timestamp() * 1000)
-              if days else state.last_ts)
-    return {"last_active_ms": state.last_ts, "frequency": longest.events,
-            "monetary": round(longest.spend, 2), "oldest_event_ms": oldest}
 
 
 class SegmenterService:
@@ -302,7 +281,7 @@ class SegmenterService:
         for uid in users:
             pipe.hgetall(self.keys.user(uid, "f"))
         for uid, raw in zip(users, pipe.execute(), strict=True):
-            found = rfm(raw, self.settings)
+            found = store.rfm(raw, self.settings)
             if found:
                 st = states[uid]
                 oldest = found.pop("oldest_event_ms")

@@ -24,7 +24,11 @@ from typing import Any
 
 import redis
 
+from segstream.config import Settings
+from segstream.feature_store import parse_state
+from segstream.features import summarize, zone
 from segstream.redis_io import Keys
+from segstream.seg_engagement import EngagementThresholds, engagement_tier
 from segstream.segmentation import OnlineSegmenter
 
 SCHEMA_VERSION = 1
@@ -86,6 +90,40 @@ def read_state(client: redis.Redis, keys: SegKeys) -> tuple[OnlineSegmenter | No
     if raw[0] is None:
         return None, 0, []
     return decode_model(raw[0]), int(raw[1] or 0), json.loads(raw[2] or b"[]")
+
+
+def rfm(raw_features: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
+    """Recency, frequency and monetary value from the ingest feature hash (event time):
+    the newest event, events and spend over the longest window, and the oldest kept day
+    (a lower bound of tenure). Empty when ingest keeps no features for the user."""
+    if not raw_features:
+        return {}
+    state = parse_state(((k.decode(), v.decode()) for k, v in raw_features.items()), ())
+    if state.last_ts is None:
+        return {}
+    longest = max(summarize(state, settings.ingest).windows, key=lambda w: w.days)
+    days = [int(name.split(":", 1)[1]) for name in state.buckets if ":" in name]
+    tz = zone(settings.ingest.timezone)
+    oldest = (int(datetime.fromordinal(min(days)).replace(tzinfo=tz).timestamp() * 1000)
+              if days else state.last_ts)
+    return {"last_active_ms": state.last_ts, "frequency": longest.events,
+            "monetary": round(longest.spend, 2), "oldest_event_ms": oldest}
+
+
+def engagement(seg: dict[str, str], raw_features: dict[bytes, bytes], settings: Settings,
+               now_ms: int) -> str | None:
+    """A user's engagement tier now: ingest's event-time RFM when it has features, else
+    what the segmenter stored at the last assignment."""
+    found = rfm(raw_features, settings)
+    if not found:
+        return seg.get("engagement")
+    s = settings.segmenter
+    first = min(int(seg.get("first_seen_ms") or found["oldest_event_ms"]),
+                found["oldest_event_ms"])
+    return engagement_tier(first, found["last_active_ms"], found["frequency"], now_ms,
+                           found["monetary"], EngagementThresholds(
+                               s.new_days, s.at_risk_days, s.dormant_days, s.loyal_frequency,
+                               s.loyal_spend or float("inf")))
 
 
 def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:

@@ -23,9 +23,11 @@ from segstream.config import Settings
 from segstream.events import parse_ts
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.redis_io import Keys, redis_client
+from segstream.seg_engagement import TIERS
 from segstream.services.encoder.service import EncoderWorker
 from segstream.services.ingest.service import IngestService
 from segstream.services.segmenter import store
+from segstream.services.segmenter.cli import user_segment_info
 from segstream.services.segmenter.service import SegmenterService
 from segstream.synthetic import PERSONAS, SyntheticStream
 from tests.helpers import wait_until
@@ -131,3 +133,7 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
     last = {r["user_id"]: r for r in published}
     tiers = Counter(r["engagement_tier"] for r in last.values())
     assert len(tiers) >= 2, tiers  # event-time RFM from ingest's features, not all "new"
+    for uid in sorted(truth)[:5]:  # what ``segstream user ID`` shows
+        info = user_segment_info(settings, redis_conn, uid)
+        assert info is not None and info["segment_id"] == final[uid]
+        assert info["engagement_tier"] in TIERS and info["tier_path"][-1] == final[uid]

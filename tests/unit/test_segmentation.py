@@ -287,3 +287,27 @@ def test_recent_users_are_bounded_and_round_trip() -> None:
     assert len(m.recent_keys()) == 50
     again = OnlineSegmenter.from_dict(json.loads(json.dumps(m.to_dict())))
     assert again.recent_keys() == m.recent_keys() and again.since_refit == m.since_refit
+
+
+def test_catalog_entries_carry_lineage_and_match_the_schema() -> None:
+    import jsonschema
+
+    from segstream.services.segmenter import store
+
+    m, s = trained(k=5, half_life=200, batches=30)
+    for t in range(30, 90):  # mode 4 starves: its centre is reassigned (split + retire)
+        m.observe(s.batch(axes(range(5)), 40, mode_ids=[0, 1, 2, 3])[0], now_ms=t)
+    m.model_version = "test@1"
+    entries = store.catalog_entries(m, now_ms=1_000)
+    schema = store.load_schema("catalog_entry")
+    for entry in entries.values():
+        jsonschema.validate(entry, schema)
+    retired = [e for e in entries.values() if e["status"] == "retired"]
+    assert retired and all(e["lineage"]["retired_at"] for e in retired)
+    born = [e for e in entries.values() if e["lineage"]["origin"] in ("split", "birth")]
+    assert born
+    for e in born:
+        if e["lineage"]["split_from"]:
+            assert e["segment_id"] in entries[e["lineage"]["split_from"]]["children"]
+    families = [e for e in entries.values() if e["tier"] == 1 and e["status"] == "active"]
+    assert {c for f in families for c in f["children"]} == set(m.slot_ids)
