@@ -126,10 +126,19 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
     ari = adjusted_rand_score([truth[u] for u in sorted(truth)],
                               [final[u] for u in sorted(truth)])
     moves = sum(1 for r in published if r["previous_segment_id"] is not None)
+    history: dict[str, list[str]] = {}
+    for rec in published:
+        history.setdefault(rec["user_id"], []).append(rec["segment_id"])
+    flaps = sum(1 for h in history.values()  # back to a segment it had left: A -> B -> A
+                if any(h[i] in h[:i - 1] for i in range(2, len(h))))
+    assigned = segmenter.metrics.assignments._value.get()
     print(f"\nARI {ari:.3f} over {len(truth)} users; {len(published)} change records, "
-          f"{moves} moves; centroids version {segmenter.model.version}; engagement "
+          f"{moves} moves in {assigned:.0f} assignments (churn {moves / assigned:.3f}), "
+          f"{flaps} users flapped back; centroids version {segmenter.model.version}; "
+          "engagement "
           f"{dict(Counter(r['engagement_tier'] for r in published))}")
     assert ari >= 0.8
+    assert flaps <= 0.05 * len(truth)  # hysteresis: users settle instead of bouncing
     last = {r["user_id"]: r for r in published}
     tiers = Counter(r["engagement_tier"] for r in last.values())
     assert len(tiers) >= 2, tiers  # event-time RFM from ingest's features, not all "new"
