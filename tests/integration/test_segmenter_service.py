@@ -253,3 +253,33 @@ def test_segments_cli_and_sigterm(settings: Settings, redis_conn: redis.Redis,
     rows = json.loads(capsys.readouterr().out)
     assert sorted(e["segment_id"] for e in rows if e["tier"] == 2) == ["s1", "s2", "s3"]
     assert all({"label", "size", "description", "tier_path"} <= set(e) for e in rows)
+
+
+def test_two_consumers_share_the_stream_and_one_model(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
+    settings.segmenter.batch_size = 8  # small batches: both consumers get work
+    feed = Feeder(redis_conn, settings)
+    seg_topic = Topic(kafka, settings.topics.segments)
+    running = [start(settings, kafka, name) for name in ("seg-x", "seg-y")]
+    try:
+        truth = {f"u{i}": i % 3 for i in range(90)}
+        for uid, mode in truth.items():
+            feed.user(uid, mode)
+        records = seg_topic.wait_for(90, "first assignments from two consumers")
+        wait_until(lambda: drained(redis_conn, settings), 30, what="stream drained")
+        more = {f"w{i}": i % 3 for i in range(60)}
+        for uid, mode in more.items():
+            feed.user(uid, mode)
+        records = seg_topic.wait_for(150, "assignments of later users")
+        wait_until(lambda: drained(redis_conn, settings), 30, what="stream drained")
+    finally:
+        for svc, thread in running:
+            stop(svc, thread)
+    assert len(records) == 150 and len({r["user_id"] for r in records}) == 150
+    seg_of = {r["user_id"]: r["segment_id"] for r in records}
+    everyone = {**truth, **more}
+    assert adjusted_rand_score(list(everyone.values()), [seg_of[u] for u in everyone]) == 1.0
+    done = [svc.metrics.entries.labels("processed")._value.get() for svc, _ in running]
+    assert all(n > 0 for n in done) and sum(done) == 150  # split between them, none twice
+    model, _, _ = store.read_state(redis_conn, store.SegKeys(settings.redis.key_prefix))
+    assert model is not None and sum(model.segments[s].size for s in model.slot_ids) == 150
