@@ -183,7 +183,7 @@ class SegmenterService:
             self._refresh_model()
             latest: dict[str, Entry] = {}
             for eid, (_, fields) in zip(ids, raw, strict=True):
-                entry = Entry.parse(eid, fields)
+                entry = Entry.parse(eid, fields or {})  # None: trimmed while pending
                 if entry is None:
                     self.metrics.entries.labels("invalid").inc()
                     log.warning("stream entry %s has no user_id or a bad time: skipped", eid)

@@ -208,6 +208,15 @@ def test_redelivered_batch_is_applied_once(settings: Settings, redis_conn: redis
     svc.close()
     model, _, _ = store.read_state(redis_conn, store.SegKeys(settings.redis.key_prefix))
     assert model is not None and model.version == version + 1
+    feed.user("gone", 0)  # delivered, then trimmed away before it was handled
+    redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: ">"})
+    redis_conn.xtrim(stream, maxlen=0)
+    pending = redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: "0"})[0][1]
+    assert pending and pending[0][1] in (None, {})
+    fresh.handle(pending)
+    fresh.close()
+    assert fresh.metrics.entries.labels("invalid")._value.get() == 1
+    assert redis_conn.xpending(stream, settings.segmenter.group)["pending"] == 0
     assert fresh.metrics.entries.labels("applied-before")._value.get() == 12
     assert sum(model.segments[s].size for s in model.slot_ids) == 24
 
