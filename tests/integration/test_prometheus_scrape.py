@@ -1,7 +1,11 @@
 """A real Prometheus (Debian's package) scrapes the three services, run as
 ``segstream run <service>`` subprocesses on free ports, with deploy/prometheus's rules
 loaded; its HTTP API must return the key series: consumer lag, DLQ, encode latency and
-segment churn, and the recording rules built on them."""
+segment churn, and the recording rules built on them.
+
+The services use a Redis of their own started with deploy/compose.yaml's ACL (an ACL
+user with a password, limited to segstream's keys): the production security settings
+carry the whole pipeline, Lua scripts included."""
 
 from __future__ import annotations
 
@@ -22,12 +26,17 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
-from segstream.config import Settings
+from segstream.config import RedisSettings, Settings
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.redis_io import redis_client
 from segstream.synthetic import SyntheticStream
 from tests import tooling
 from tests.helpers import wait_until
+from tests.integration.test_deploy_configs import COMPOSE_ENV, compose_acl_redis
+
+__all__ = ["compose_acl_redis"]  # a fixture used below
 
 pytestmark = pytest.mark.integration
 
@@ -123,13 +132,15 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def service_env(settings: Settings, ports: dict[str, int]) -> dict[str, str]:
+def service_env(settings: Settings, ports: dict[str, int], redis_port: int) -> dict[str, str]:
     t = settings.topics
     return {**os.environ,
+            "SEGSTREAM_REDIS__PORT": str(redis_port), "SEGSTREAM_REDIS__USERNAME": "segstream",
+            "SEGSTREAM_REDIS__PASSWORD": COMPOSE_ENV["REDIS_PASSWORD"],
             "SEGSTREAM_TOPICS__EVENTS": t.events, "SEGSTREAM_TOPICS__DLQ": t.dlq,
             "SEGSTREAM_TOPICS__SEGMENTS": t.segments, "SEGSTREAM_TOPICS__CATALOG": t.catalog,
             "SEGSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
-            "SEGSTREAM_INGEST__GROUP_ID": f"{settings.redis.key_prefix}.ingest",
+            "SEGSTREAM_INGEST__GROUP_ID": settings.ingest.group_id,
             "SEGSTREAM_INGEST__METRICS_PORT": str(ports["ingest"]),
             "SEGSTREAM_ENCODER__METRICS_PORT": str(ports["encoder"]),
             "SEGSTREAM_ENCODER__DEVICE": "cpu", "SEGSTREAM_ENCODER__TORCH_THREADS": "1",
@@ -140,13 +151,16 @@ def service_env(settings: Settings, ports: dict[str, int]) -> dict[str, str]:
 
 def test_prometheus_scrapes_the_key_series(infra: Settings, unique: str, tmp_path: Path,
                                            prometheus_bin: tuple[str, str],
-                                           procs: list[subprocess.Popen[bytes]]) -> None:
+                                           procs: list[subprocess.Popen[bytes]],
+                                           compose_acl_redis: int) -> None:
     settings = infra.model_copy(update={
         "topics": infra.topics.model_copy(update={
             "events": f"{unique}.events", "dlq": f"{unique}.dlq",
             "segments": f"{unique}.segments", "catalog": f"{unique}.catalog",
             "events_partitions": 3, "segments_partitions": 1}),
-        "redis": infra.redis.model_copy(update={"key_prefix": unique})})
+        # the compose ACL allows the default prefix only; this Redis is the test's own
+        "redis": infra.redis.model_copy(update={"key_prefix": "ss"}),
+        "ingest": infra.ingest.model_copy(update={"group_id": f"{unique}.ingest"})})
     clients = KafkaClients(settings.kafka)
     admin = clients.admin()
     try:
@@ -155,7 +169,7 @@ def test_prometheus_scrapes_the_key_series(infra: Settings, unique: str, tmp_pat
         admin.close()
 
     ports = {name: free_port() for name in SERVICES}
-    env = service_env(settings, ports)
+    env = service_env(settings, ports, compose_acl_redis)
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in SERVICES}
     for name in SERVICES:
         procs.append(subprocess.Popen(
@@ -215,6 +229,12 @@ def test_prometheus_scrapes_the_key_series(infra: Settings, unique: str, tmp_pat
         assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
         firing = [a for a in prom.api("alerts")["alerts"] if a["state"] == "firing"]
         assert not firing, firing
+        # the pipeline's state really is in the ACL-protected Redis
+        acl = redis_client(RedisSettings(port=compose_acl_redis, username="segstream",
+                                         password=SecretStr(COMPOSE_ENV["REDIS_PASSWORD"])))
+        assert next(acl.scan_iter(match="ss:u:*:text", count=1000), None) is not None
+        assert acl.hlen(next(acl.scan_iter(match="ss:u:*:emb", count=1000))) > 0
+        acl.close()
         # every service answers /healthz next to /metrics
         for name, port in ports.items():
             status, body = http_json(f"http://127.0.0.1:{port}/healthz")
