@@ -96,7 +96,7 @@ def user_segment_info(settings: Settings, redis_client: redis.Redis, user_id: st
         labels.append(json.loads(entry)["label"] if entry else node)
     return {
         "segment_id": raw["segment_id"],
-        "label": raw.get("label", ""),
+        "label": labels[-1],
         "confidence": float(raw["confidence"]),
         "memberships": [{"segment_id": s, "weight": w}
                         for s, w in json.loads(raw["memberships"])],

@@ -46,6 +46,10 @@ from segstream.services.segmenter import store
 from segstream.services.segmenter.metrics import SegmenterMetrics
 
 log = logging.getLogger(__name__)
+_PREV_TEXT, _NEW_TEXT = "_prev_text", "_new_text"
+# per-user values used while handling a batch but not stored in the user's hash (texts
+# live in their own key so the hash keeps Redis' compact listpack encoding)
+_TRANSIENT = frozenset({"event_ms", _PREV_TEXT, _NEW_TEXT, "text", "label"})
 
 
 @dataclass(frozen=True)
@@ -273,17 +277,22 @@ class SegmenterService:
                            "model_version": self.model.model_version or ""}
 
     def _load_rfm(self, users: list[str], states: dict[str, dict[str, Any]]) -> None:
-        """Event-time RFM from ingest's features for the users about to get a record (the
-        others keep the cheap stream-time tracking until they change)."""
+        """For the users about to get a record: event-time RFM from ingest's features (the
+        others keep the cheap stream-time tracking until they change) and the feature text
+        of their previous assignment (for the record's text diff)."""
         if not users:
             return
         pipe = self.redis.pipeline(transaction=False)
         for uid in users:
             pipe.hgetall(self.keys.user(uid, "f"))
-        for uid, raw in zip(users, pipe.execute(), strict=True):
-            found = store.rfm(raw, self.settings)
+            pipe.get(self.sk.text(uid))
+        got = pipe.execute()
+        for i, uid in enumerate(users):
+            st = states[uid]
+            prev = got[2 * i + 1]
+            st[_PREV_TEXT] = prev.decode() if prev else None
+            found = store.rfm(got[2 * i], self.settings)
             if found:
-                st = states[uid]
                 oldest = found.pop("oldest_event_ms")
                 st.update(found, first_seen_ms=min(int(st["first_seen_ms"]), oldest))
 
@@ -321,13 +330,14 @@ class SegmenterService:
         record = None
         if a.changed:
             record = store.change_record(
-                a, seg.label, tier, text_changes(st.get("text"), a.text),
+                a, seg.label, tier, text_changes(st.get(_PREV_TEXT), a.text),
                 self.model.model_version or "", self.model.version, int(st["event_ms"]), t)
-            st["text"] = a.text
+            st[_NEW_TEXT] = a.text
         st.update({
-            "segment_id": a.segment_id, "confidence": a.confidence,
-            "memberships": json.dumps([[s, round(w, 6)] for s, w in a.memberships]),
-            "tier_path": json.dumps(a.tier_path), "label": seg.label, "engagement": tier,
+            "segment_id": a.segment_id, "confidence": round(a.confidence, 6),
+            "memberships": json.dumps([[s, round(w, 4)] for s, w in a.memberships],
+                                      separators=(",", ":")),
+            "tier_path": json.dumps(a.tier_path, separators=(",", ":")), "engagement": tier,
             "centroids_version": self.model.version, "assigned_ms": t,
         })
         return record
@@ -343,8 +353,10 @@ class SegmenterService:
             self._applied_set.add(eid)
         pipe = self.redis.pipeline(transaction=False)
         for uid, st in states.items():
-            fields = {k: v for k, v in st.items() if k != "event_ms" and v is not None}
+            fields = {k: v for k, v in st.items() if k not in _TRANSIENT and v is not None}
             pipe.hset(self.sk.user(uid), mapping=fields)
+            if st.get(_NEW_TEXT) is not None:
+                pipe.set(self.sk.text(uid), st[_NEW_TEXT])
         entries = store.catalog_entries(self.model, t)
         if entries:
             pipe.hset(self.sk.catalog, mapping={k: json.dumps(v) for k, v in entries.items()})

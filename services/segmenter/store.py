@@ -9,9 +9,12 @@ one Redis Cluster slot; per-user keys use the user tag of ``Keys.user``):
                       recent stream entry ids whose effect is in ``model``)
 - ``{p:seg}:catalog`` hash: segment or family id -> current catalog entry (JSON)
 - ``{p:seg}:lock``    string: the lease that serialises model updates across consumers
-- ``u:{uid}:seg``     hash: segment_id, confidence, memberships, tier_path, label,
-                      text, text_hash, model_version, centroids_version, assigned_ms,
-                      first_seen_ms, last_active_ms, frequency, engagement
+- ``u:{uid}:seg``     hash: segment_id, confidence, memberships, tier_path, text_hash,
+                      model_version, centroids_version, assigned_ms, engagement,
+                      first_seen_ms, last_active_ms, frequency, monetary (short values
+                      only, so Redis keeps it as a compact listpack)
+- ``u:{uid}:segtext`` string: the feature text at the user's last segment change (the
+                      next change record lists the sentences that changed since)
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class SegKeys:
 
     def user(self, user_id: str) -> str:
         return self.keys.user(user_id, "seg")
+
+    def text(self, user_id: str) -> str:
+        return self.keys.user(user_id, "segtext")
 
 
 def iso(ms: int | float) -> str:

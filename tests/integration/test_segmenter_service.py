@@ -138,6 +138,10 @@ def test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
             jsonschema.validate(rec, change_schema)
             assert rec["previous_segment_id"] is None
             assert rec["explanation"]["reason"] == "first"
+            assert rec["explanation"]["text_changes"] == {  # every sentence is new
+                "added": ["Last 30 days: 12 views.",
+                          f"Mostly {TOPICS[truth[rec['user_id']]]}.", "Active on evenings."],
+                "removed": []}
         seg_of = {r["user_id"]: r["segment_id"] for r in first}
         assert adjusted_rand_score(list(truth.values()), [seg_of[u] for u in truth]) == 1.0
         ids_before = set(seg_of.values())
