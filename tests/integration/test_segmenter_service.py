@@ -176,6 +176,17 @@ def test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
         mode_to_seg = {truth[u]: s for u, s in seg_of.items()}
         assert {r["user_id"]: r["segment_id"] for r in records[45:]} == {
             u: mode_to_seg[m] for u, m in later.items()}  # same ids as before the restart
+
+        feed.user("u0", 1)  # u0's interests change: guitars -> espresso
+        moved = seg_topic.wait_for(58, "u0's move")[57]
+        jsonschema.validate(moved, change_schema)
+        assert moved["user_id"] == "u0" and moved["segment_id"] == mode_to_seg[1]
+        assert moved["previous_segment_id"] == seg_of["u0"]
+        why = moved["explanation"]
+        assert why["reason"] == "moved" and why["distance_margin"] > 0
+        assert why["previous_distance"] > why["distance"]
+        assert why["text_changes"] == {"added": [f"Mostly {TOPICS[1]}."],
+                                       "removed": [f"Mostly {TOPICS[0]}."]}
     finally:
         stop(svc2, thread2)
 
@@ -184,7 +195,7 @@ def test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
         jsonschema.validate(rec, catalog_schema)
     fine = [e for e in catalog(settings, redis_conn) if e["tier"] == 2]
     assert {e["segment_id"] for e in fine} == ids_before
-    assert sum(e["size"] for e in fine) == 57
+    assert sum(e["size"] for e in fine) == 57  # u0 moved, still one user
     assert all(e["label"] != "unlabelled" and e["description"] for e in fine)
     labels = {e["segment_id"]: e["label"] for e in fine}
     assert "guitars" in labels[mode_to_seg[0]] or "amplifiers" in labels[mode_to_seg[0]]
