@@ -4,6 +4,7 @@ SASL_PLAINTEXT listener, Redis ACL users and TLS, and secrets kept out of logs a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from kafka.admin import NewTopic
 from pydantic import SecretStr
 
 from segstream.config import KafkaSettings, RedisSettings, Settings, load_settings
@@ -24,7 +26,7 @@ from segstream.errors import ConfigError, InfraError
 from segstream.health import check_kafka
 from segstream.kafka_io import KafkaClients
 from segstream.logs import configure_logging
-from segstream.redis_io import check_redis, redis_client
+from segstream.redis_io import Keys, check_redis, redis_client
 from segstream.services.localinfra import LocalKafka, _sasl_overrides, ensure_redis_installed
 from tests.helpers import wait_until
 
@@ -318,3 +320,49 @@ def test_redis_over_tls_with_acl(tmp_path: Path) -> None:
             check_redis(no_tls)
     finally:
         _stop(proc)
+
+
+def test_ingest_service_runs_over_sasl(sasl_broker: Settings, unique: str,
+                                       tmp_path: Path) -> None:
+    """``segstream run ingest`` with SASL settings from the environment: its consumer,
+    DLQ producer and admin client all log in; nothing in its output shows the password."""
+    kafka = sasl_kafka(sasl_broker, "SCRAM-SHA-256", KAFKA_PASSWORD)
+    clients = KafkaClients(kafka)
+    topics = sasl_broker.topics.model_copy(update={"events": f"{unique}.events",
+                                                   "dlq": f"{unique}.dlq"})
+    admin = clients.admin()
+    try:
+        admin.create_topics([NewTopic(topics.events, 2, 1), NewTopic(topics.dlq, 1, 1)])
+    finally:
+        admin.close()
+    producer = clients.producer()
+    now = int(time.time() * 1000)
+    for i in range(40):
+        event = {"event_id": f"e{i}", "user_id": f"u{i % 4}", "ts": now - 1000 * i,
+                 "type": "view", "item_id": f"i{i}", "category": "books"}
+        producer.send(topics.events, key=f"u{i % 4}".encode(), value=json.dumps(event).encode())
+    producer.send(topics.events, key=b"u0", value=b"{not json")
+    producer.flush(timeout=30)
+    producer.close()
+    env = {**os.environ,
+           "SEGSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "SEGSTREAM_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "SEGSTREAM_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256",
+           "SEGSTREAM_KAFKA__SASL_USERNAME": "alice",
+           "SEGSTREAM_KAFKA__SASL_PASSWORD": KAFKA_PASSWORD,
+           "SEGSTREAM_TOPICS__EVENTS": topics.events, "SEGSTREAM_TOPICS__DLQ": topics.dlq,
+           "SEGSTREAM_REDIS__KEY_PREFIX": unique, "SEGSTREAM_INGEST__GROUP_ID": unique,
+           "SEGSTREAM_INGEST__METRICS_PORT": "0", "SEGSTREAM_LOG_LEVEL": "DEBUG"}
+    done = subprocess.run([sys.executable, "-m", "segstream.services.cli", "run", "ingest",
+                           "--idle-exit", "4"], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert KAFKA_PASSWORD not in done.stdout + done.stderr
+    client = redis_client(sasl_broker.redis.model_copy(update={"key_prefix": unique}))
+    keys = Keys(unique)
+    assert all(client.get(keys.user(f"u{n}", "text")) for n in range(4))
+    client.close()
+    consumer = clients.consumer(topics.dlq, group_id=None, consumer_timeout_ms=3000)
+    dead = [r for r in consumer]
+    consumer.close()
+    assert len(dead) == 1 and dead[0].value == b"{not json"
