@@ -159,10 +159,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 pays off."""
+    """True when the CPU computes bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
     except OSError:
         return False
 
