@@ -198,7 +198,8 @@ def register_fit(sub: Any) -> None:
                        "every user of FILE, with the streaming path's own code; writes "
                        "segments.jsonl, catalog.json and report.html.")
     add_source_args(p)
-    p.add_argument("--k", type=int, help=f"number of segments (default: {K_RULE})")
+    p.add_argument("--k", type=int, help="number of segments (default: "
+                   + K_RULE.replace("%", "%%") + ")")  # argparse formats help with %
     p.add_argument("--seed", type=int, default=0, help="clustering seed (default 0)")
     p.add_argument("--model", metavar="DIR", help="encoder model directory")
     p.add_argument("--out", metavar="DIR", help="output folder (default: fit-<file name>)")
