@@ -176,6 +176,9 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
             "spend": round(w.spend, 2), "quantity": w.quantity,
             "time_of_day": dict(w.time_of_day), "weekday": w.weekday, "weekend": w.weekend}
     dirty_score = client.zscore(store.keys.dirty(), user_id)
+    from segstream.services.segmenter.cli import user_segment_info
+
+    segment = user_segment_info(settings, client, user_id)
     return {
         "user_id": user_id,
         "found": True,
@@ -188,6 +191,7 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
             "queued_for_encoding": dirty_score is not None,
             "redis_bytes": store.memory_usage(user_id),
         },
+        "segment": segment or {"status": "not assigned yet"},
         "features": windows,
     }
 

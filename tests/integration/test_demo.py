@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +37,16 @@ def test_demo_runs_end_to_end_and_cleans_up(infra: Settings) -> None:
     finally:
         admin.close()
     assert leftovers == []  # the run's topics are deleted
+    shown = subprocess.run(  # the run's Redis state stays: `segstream user` reads it
+        [sys.executable, "-m", "segstream.services.cli", "user", "user-000001", "--json"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": run.group(1)})
+    assert shown.returncode == 0, shown.stderr
+    user = json.loads(shown.stdout)
+    assert user["profile"]["feature_text"]
+    segment = user["segment"]
+    assert segment["segment_id"] == segment["tier_path"][-1]
+    assert 0 < segment["confidence"] <= 1 and segment["memberships"]
     pids = [int(p) for p in re.findall(r"\(pid (\d+),", out.replace("\n", " "))]
     assert len(pids) == 3  # ingest, encoder, segmenter
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
