@@ -38,10 +38,13 @@ from segstream.encoding import Encoder, cosine_rows, default_model_path, text_ha
 from segstream.redis_io import Keys, redis_client
 
 
-def rate(fn, texts: list[str]) -> float:
-    t0 = time.perf_counter()
+def rate(fn, texts: list[str]) -> tuple[float, float]:
+    """(texts per wall-clock second, CPU milliseconds per text). CPU time is the steadier
+    figure on a shared machine; with one thread it has no OpenMP spin-wait in it."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn(texts)
-    return len(texts) / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return len(texts) / wall, 1000 * cpu / len(texts)
 
 
 def throughput(texts: list[str], rounds: int, int8: bool) -> dict[str, Encoder]:
@@ -56,16 +59,21 @@ def throughput(texts: list[str], rounds: int, int8: bool) -> dict[str, Encoder]:
     for fn in runners.values():
         fn(texts[:64])  # warm-up
     results: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
-            results[name].append(rate(fn, texts))
+            r, c = rate(fn, texts)
+            results[name].append(r)
+            cpu[name].append(c)
     base = statistics.median(results["sentence-transformers"])
+    base_cpu = statistics.median(cpu["sentence-transformers"])
     print(f"\n== throughput: {len(texts)} texts, {torch.get_num_threads()} threads, "
           f"median of {rounds} interleaved rounds ==")
     for name, values in results.items():
-        med = statistics.median(values)
-        print(f"{name:24s} {med:7.1f} texts/s  x{med / base:.2f} vs sentence-transformers"
-              f"  (rounds: {', '.join(f'{v:.0f}' for v in values)})")
+        med, c = statistics.median(values), statistics.median(cpu[name])
+        print(f"{name:24s} {med:7.1f} texts/s  x{med / base:.2f} | {c:6.1f} CPU ms/text  "
+              f"x{base_cpu / c:.2f} vs sentence-transformers "
+              f"(rounds: {', '.join(f'{v:.0f}' for v in values)} texts/s)")
     auto = Encoder()
     print(f"default (dtype=auto) on this machine: {auto.dtype_name} on {auto.device}")
     return ours
