@@ -421,6 +421,10 @@ class Trainer:
             raise ConfigError(f"{len(held)} held-out pairs: need at least 2")
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
+        stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+        final = Path(out_root) / _safe_name(name or f"{self.base_name}-ft-{stamp}")
+        if final.exists():
+            raise ConfigError(f"model directory already exists: {final}")
         torch.manual_seed(cfg.seed)
         rng = random.Random(cfg.seed)
         counts = Counter(p.next_category for p in train if p.next_category)
@@ -509,7 +513,7 @@ class Trainer:
             "train_seconds": round(seconds, 1),
             "pooling": {"mode": self.pooling.mode, "normalize": self.pooling.normalize},
         }
-        path = self._save(model, out_root, name, training)
+        path = self._save(model, final, training)
         return FinetuneResult(path, base, best, history, step, stopped, seconds, training)
 
     def _lora(self, transformer: torch.nn.Module) -> torch.nn.Module:
@@ -526,16 +530,12 @@ class Trainer:
                           target_modules=targets, bias="none")
         return get_peft_model(transformer, lora)
 
-    def _save(self, model: _Model, out_root: str | Path, name: str | None,
-              training: dict[str, Any]) -> Path:
+    def _save(self, model: _Model, final: Path, training: dict[str, Any]) -> Path:
         """Write the model directory atomically (a temporary folder, then a rename)."""
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        dir_name = _safe_name(name or f"{self.base_name}-ft-{stamp}")
-        out_root = Path(out_root)
-        final = out_root / dir_name
+        dir_name = final.name
         if final.exists():
             raise ConfigError(f"model directory already exists: {final}")
-        tmp = out_root / f".{dir_name}.tmp"
+        tmp = final.parent / f".{dir_name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         transformer = model.transformer
