@@ -51,6 +51,7 @@ def match_by_overlap(old_labels: Sequence[str | None], new_labels: Sequence[int]
     new_size = Counter(int(n) for n in new_labels)
     new_tot = np.array([[new_size[n] for n in news]], dtype=float)
     share = np.minimum(overlap / old_size, overlap / new_tot)
+    share[share < min_share] = 0.0  # so sub-threshold pairs never outbid a kept one
     rows, cols = linear_sum_assignment(-share)
     return {news[c]: olds[r] for r, c in zip(rows, cols, strict=True)
             if share[r, c] >= min_share}

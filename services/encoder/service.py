@@ -69,10 +69,25 @@ class EncoderWorker:
                                 self.encoder.model_version)
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
+        from segstream.services.encoder.rollout import ModelWatcher
+
+        self.watcher = ModelWatcher(  # rollout/rollback: a new model without a restart
+            self.client, self.keys, load=lambda path: Encoder.from_settings(
+                self.cfg.model_copy(update={"model_path": path})))
+
+    def swap_encoder(self, encoder: Encoder) -> None:
+        """Serve ``encoder`` from the next claim on (a rollout or rollback, see ``rollout``)."""
+        self.encoder = encoder
+        if self.cache is not None:
+            self.cache = EmbeddingCache(self.client, self.keys, encoder.model_version,
+                                        self.cfg.cache_ttl_s)
+        self.metrics.device.clear()
+        self.metrics.set_device(str(encoder.device), encoder.dtype_name, encoder.model_version)
 
     def step(self) -> BatchReport | Claim:
         """Try one claim; process it if it got users. Returns the report, or the empty
         claim (with its wait hint) when no trigger fired."""
+        self.watcher.check(self)
         claim = self.queue.claim(self.cfg.claim_batch, self.cfg.max_wait_ms,
                                  int(self.cfg.lease_s * 1000))
         if claim.reclaimed:
