@@ -1,0 +1,182 @@
+"""``segstream model rollout`` / ``rollback`` against the real Redis and Kafka.
+
+Two real (tiny) encoder versions: a small BERT and the model ``segstream finetune`` makes
+from it. Users get feature texts from the synthetic personas, old-version vectors and
+segments; then the CLI rolls the fine-tuned model out and back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import redis
+
+from segstream.config import Settings
+from segstream.encoding import Encoder, vec_to_bytes
+from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.offline import build_profiles
+from segstream.redis_io import Keys
+from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
+from segstream.services.cli import main
+from segstream.services.encoder.rollout import Registry, Rollout
+from segstream.services.encoder.service import EncoderWorker
+from segstream.services.segmenter import store
+from tests.unit.test_finetune import _run, tiny_base  # noqa: F401 - the base model fixture
+
+pytestmark = pytest.mark.integration
+USERS = 60
+
+
+@pytest.fixture
+def settings(infra: Settings, unique: str, kafka: KafkaClients, tiny_base: Path,  # noqa: F811
+             monkeypatch: pytest.MonkeyPatch) -> Settings:
+    s = infra.model_copy(deep=True)
+    s.redis.key_prefix = unique
+    s.topics.segments, s.topics.catalog = f"{unique}.segments", f"{unique}.catalog"
+    s.encoder = s.encoder.model_copy(update={"model_path": tiny_base, "dtype": "float32",
+                                             "device": "cpu", "claim_batch": 1,
+                                             "max_wait_ms": 0})
+    admin = kafka.admin()
+    ensure_topics(admin, topic_specs(s.topics))
+    admin.close()
+    for name, value in (("REDIS__KEY_PREFIX", unique), ("TOPICS__SEGMENTS", s.topics.segments),
+                        ("TOPICS__CATALOG", s.topics.catalog),
+                        ("ENCODER__MODEL_PATH", str(tiny_base)),
+                        ("ENCODER__DTYPE", "float32"), ("ENCODER__DEVICE", "cpu")):
+        monkeypatch.setenv(f"SEGSTREAM_{name}", value)
+    return s
+
+
+def _records(kafka: KafkaClients, topic: str) -> list[dict[str, Any]]:
+    consumer = kafka.consumer(topic, group_id=None, consumer_timeout_ms=1500)
+    out = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    return out
+
+
+def _seed(client: redis.Redis, settings: Settings, encoder: Encoder) -> dict[str, str]:
+    """Texts, old-version vectors and segments for USERS synthetic users; their ids."""
+    from segstream.events import event_from_dict
+    from segstream.synthetic import SyntheticStream
+
+    allowed = settings.events.allowed_types
+    events = [event_from_dict(r, allowed)
+              for r in SyntheticStream(users=USERS, days=14, seed=5).events()]
+    profiles = build_profiles(events, settings.ingest)
+    users = sorted(profiles)
+    keys, sk = Keys(settings.redis.key_prefix), store.SegKeys(settings.redis.key_prefix)
+    vecs = encoder.encode([profiles[u].text for u in users])
+    model = OnlineSegmenter(SegConfig(k=4, seed=0))
+    model.model_version = encoder.model_version
+    got = model.fit([Observation(u, v, profiles[u].text) for u, v in
+                     zip(users, vecs, strict=True)], 1)
+    pipe = client.pipeline(transaction=False)
+    for u, v in zip(users, vecs, strict=True):
+        pipe.set(keys.user(u, "text"), profiles[u].text)
+        pipe.hset(keys.user(u, "emb"), mapping={"vec": vec_to_bytes(v), "text_hash": "x",
+                                                "model_version": encoder.model_version})
+    for a in got:
+        pipe.hset(sk.user(a.key), mapping={"segment_id": a.segment_id,
+                                           "model_version": encoder.model_version})
+    pipe.hset(sk.state, mapping={"model": store.encode_model(model), "rev": 1})
+    pipe.execute()
+    return {a.key: a.segment_id for a in got}
+
+
+def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
+                              tiny_base: Path, tmp_path: Path,  # noqa: F811
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    from segstream.events import event_from_dict
+    from segstream.finetune import make_pairs
+    from segstream.synthetic import SyntheticStream
+
+    old = Encoder(tiny_base, device="cpu", dtype="float32")
+    allowed = settings.events.allowed_types
+    pairs = make_pairs([event_from_dict(r, allowed) for r in
+                        SyntheticStream(users=48, days=14, seed=11).events()],
+                       settings.ingest, pairs_per_user=2)
+    new_dir = _run(tiny_base, tmp_path, pairs, min_delta=0.0, lr=3e-3).path
+    new = Encoder(new_dir, device="cpu", dtype="float32")
+    assert new.model_version != old.model_version
+    before = _seed(redis_conn, settings, old)
+    keys, sk = Keys(settings.redis.key_prefix), store.SegKeys(settings.redis.key_prefix)
+    worker = EncoderWorker(settings, encoder=old, client=redis_conn)
+
+    # Background re-embedding leaves the live vectors and the segmenter alone, and a second
+    # pass re-encodes only a user whose text changed meanwhile.
+    rollout = Rollout(redis_conn, settings.redis.key_prefix, lambda *_: None, "-", "-")
+    users = rollout.users()
+    assert users == sorted(before)
+    rollout.start(str(new_dir), new.model_version, str(tiny_base), old.model_version)
+    assert rollout.reembed(new, users) > 0
+    one = users[0]
+    assert redis_conn.hget(keys.user(one, "emb"), "model_version").decode() == \
+        old.model_version
+    assert redis_conn.hget(keys.user(one, "emb_next"), "model_version").decode() == \
+        new.model_version
+    redis_conn.set(keys.user(one, "text"), "Last 30 days: 3 views. Mostly toys (100%).")
+    assert rollout.reembed(new, users) == 1
+    assert not worker.watcher.check(worker)  # not active yet: the old model keeps serving
+
+    # Cutover through the CLI (reuses the shadow vectors, so nothing else is encoded).
+    assert main(["model", "rollout", str(new_dir), "--settle", "0"]) == 0
+    out = capsys.readouterr().out
+    state = Registry(redis_conn, keys).read()
+    assert state["active_version"] == new.model_version
+    assert state["previous_version"] == old.model_version and state["phase"] == "active"
+    share, bound = float(state["changed_share"]), float(state["bound_share"])
+    assert f"({share:.1%})" in out and share <= bound
+    after = {u: redis_conn.hget(sk.user(u), "segment_id").decode() for u in users}
+    moved = {u for u in users if after[u] != before[u]}
+    assert round(len(moved) / len(users), 6) == share
+    model, _, _ = store.read_state(redis_conn, sk)
+    assert model is not None and model.model_version == new.model_version
+    assert {redis_conn.hget(keys.user(u, "emb"), "model_version").decode()
+            for u in users} == {new.model_version}
+    assert {redis_conn.hget(keys.user(u, "emb_prev"), "model_version").decode()
+            for u in users} == {old.model_version}
+    changes = _records(kafka, settings.topics.segments)
+    assert {r["user_id"] for r in changes} == moved  # subscribers see only real changes
+    schema = store.load_schema("segment_change")
+    for r in changes:
+        jsonschema.validate(r, schema)
+        assert r["model_version"] == new.model_version
+        assert r["previous_segment_id"] == before[r["user_id"]]
+    catalog = _records(kafka, settings.topics.catalog)
+    assert catalog and all(c["model_version"] == new.model_version for c in catalog)
+
+    # The encoder worker switches to the new model without a restart and serves it.
+    worker.watcher._at = 0.0
+    assert worker.watcher.check(worker) and worker.encoder.model_version == new.model_version
+    redis_conn.zadd(keys.dirty(), {users[1]: 1})
+    worker.step()
+    assert redis_conn.hget(keys.user(users[1], "emb"), "model_version").decode() == \
+        new.model_version
+    # A late write by a worker still on the old model is queued again for re-encoding.
+    redis_conn.hset(keys.user(users[2], "emb"), "model_version", old.model_version)
+    assert rollout.remark_stale(users, new.model_version, 0) == 1
+    assert redis_conn.zscore(keys.dirty(), users[2]) is not None
+
+    # Rollback: the previous version, vectors and every user's previous segment id return.
+    assert main(["model", "rollback", "--settle", "0"]) == 0
+    state = Registry(redis_conn, keys).read()
+    assert state["active_version"] == old.model_version
+    assert state["previous_version"] == new.model_version
+    back = {u: redis_conn.hget(sk.user(u), "segment_id").decode() for u in users}
+    assert back == before
+    model, _, _ = store.read_state(redis_conn, sk)
+    assert model is not None and model.model_version == old.model_version
+    assert redis_conn.hget(keys.user(users[5], "emb"), "model_version").decode() == \
+        old.model_version
+    records = _records(kafka, settings.topics.segments)
+    back_records = [r for r in records if r["model_version"] == old.model_version]
+    assert len(records) == len(changes) + len(back_records)
+    assert {r["user_id"] for r in back_records} == moved  # exactly the users that moved
+    worker.watcher._at = 0.0
+    assert worker.watcher.check(worker) and worker.encoder.model_version == old.model_version
+    assert np.isfinite(share)
