@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end after S seconds whatever happens (900)")
     p.add_argument("--keep-infra", action="store_true",
                    help="leave Kafka and Redis running at the end")
-    from segstream.services.offline.cli import add_source_args
+    from segstream.services.source_args import add_source_args
 
     add_source_args(p, positional=False)
     run = add("run", _missing_service, "Run one service in the foreground.")

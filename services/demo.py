@@ -149,9 +149,9 @@ def _records(args: argparse.Namespace, settings: Settings, workdir: Path
              ) -> tuple[Iterator[tuple[bytes, bytes | None]], int | None, dict[str, str] | None]:
     """The records to stream, their count when known, and the personas (synthetic only)."""
     if args.file:
-        from segstream.services.offline.cli import read_mapped
+        from segstream.services.source_args import read_mapped
 
-        events = read_mapped(args, settings)[0]
+        events = read_mapped(args)[0]
         return ((str(e["user_id"]).encode(), json.dumps(e).encode()) for e in events), \
             len(events), None
     from segstream.synthetic import SyntheticStream

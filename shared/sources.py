@@ -1,4 +1,4 @@
-"""Event files (CSV or JSONL) into contract events, in event-time order.
+"""Event files (CSV, JSONL or Parquet) into contract events, in event-time order.
 
 A ``Mapping`` says which source column feeds each event field
 (``user_id=CustomerID,ts=InvoiceDate``; fields not mapped are read from a column of their
@@ -85,8 +85,18 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
             except csv.Error:
                 dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
             yield from csv.DictReader(fh, dialect=dialect)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow's errors have no common base worth naming
+            raise ConfigError(f"{path.name}: not a readable Parquet file ({exc})") from None
+        for batch in table.iter_batches(batch_size=50_000):
+            yield from batch.to_pylist()
     else:
-        raise ConfigError(f"{path.name}: unsupported file type (use .csv, .tsv or .jsonl)")
+        raise ConfigError(f"{path.name}: unsupported file type "
+                          "(use .csv, .tsv, .jsonl or .parquet)")
 
 
 def to_epoch_ms(value: Any, mapping: Mapping) -> int | None:

@@ -129,16 +129,9 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.sources import Mapping, ReadReport, load_items, parse_pairs, read_events
+    from segstream.services.source_args import read_mapped
 
-    mapping = Mapping(columns=parse_pairs(args.map), constants=parse_pairs(args.set, "--set"),
-                      ts_unit=args.ts_unit, ts_format=args.ts_format, timezone=args.tz)
-    items = None
-    if args.items:
-        items = load_items(args.items, Mapping(columns=parse_pairs(args.items_map,
-                                                                   "--items-map")))
-    report = ReadReport()
-    events = read_events(args.file, mapping, items, report)
+    events, report = read_mapped(args)
     if args.limit:
         events = events[: args.limit]
     topic = args.topic or settings.topics.events
@@ -247,6 +240,8 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersAction) -> None:
     """Add ``run ingest``, ``produce``, ``replay`` and ``user`` to the segstream CLI."""
+    from segstream.services.source_args import add_source_args
+
     help_ = ("Consume behaviour events, clean them, keep per-user features in Redis and "
              "queue changed feature texts for the encoder; SIGTERM finishes the batch in "
              "hand, commits and exits.")
@@ -281,17 +276,7 @@ def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersActio
                               "user_id=CustomerID,ts=InvoiceDate,item_id=StockCode,"
                               "title=Description,price=UnitPrice,quantity=Quantity "
                               "--set type=purchase --ts-format '%m/%d/%Y %H:%M'")
-    p.add_argument("file", metavar="FILE", help="a .csv, .tsv or .jsonl file")
-    p.add_argument("--map", metavar="FIELD=COLUMN,...", help="event field <- file column")
-    p.add_argument("--set", metavar="FIELD=VALUE,...",
-                   help="constant values for fields the file lacks (e.g. type=purchase)")
-    p.add_argument("--ts-unit", default="auto", choices=("auto", "s", "ms", "us"),
-                   help="unit of numeric timestamps (auto: from the magnitude)")
-    p.add_argument("--ts-format", metavar="FMT", help="strptime format of text timestamps")
-    p.add_argument("--tz", default="UTC", help="zone of timestamps without one (UTC)")
-    p.add_argument("--items", metavar="FILE", help="item table joined by item id")
-    p.add_argument("--items-map", metavar="FIELD=COLUMN,...",
-                   help="item table columns (item_id, title, category, price)")
+    add_source_args(p)
     _common_produce(p)
     p.set_defaults(func=cmd_replay)
 

@@ -11,28 +11,11 @@ from typing import Any
 from segstream.config import IngestSettings, Settings
 from segstream.errors import ConfigError, InvalidEvent
 from segstream.events import Event, event_from_dict
-from segstream.sources import Mapping, ReadReport, load_items, parse_pairs, read_events
+from segstream.services.source_args import add_source_args, read_mapped
+from segstream.sources import ReadReport
 
 
-def add_source_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    """Arguments that say how to read a foreign event file (fit, eval and demo --file)."""
-    if positional:
-        p.add_argument("file", metavar="FILE", help="events as CSV, TSV or JSONL")
-    else:
-        p.add_argument("--file", metavar="FILE",
-                       help="stream this event file (CSV, TSV or JSONL) instead")
-    p.add_argument("--map", metavar="FIELD=COLUMN,...",
-                   help="event field <- file column, e.g. user_id=CustomerID,ts=InvoiceDate")
-    p.add_argument("--set", metavar="FIELD=VALUE,...",
-                   help="constant values for fields the file lacks, e.g. type=purchase")
-    p.add_argument("--items", metavar="FILE", help="item table joined on item_id (titles, "
-                   "categories, prices), e.g. MovieLens movies.csv")
-    p.add_argument("--items-map", metavar="FIELD=COLUMN,...",
-                   help="item field <- item-table column, e.g. item_id=movieId,category=genres")
-    p.add_argument("--ts-unit", default="auto", choices=("auto", "s", "ms", "us"),
-                   help="unit of numeric timestamps (auto: guessed from magnitude)")
-    p.add_argument("--ts-format", metavar="STRPTIME", help="format of textual timestamps")
-    p.add_argument("--tz", default="UTC", help="zone of timestamps written without one")
+def add_window_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", metavar="SHORT,LONG",
                    help="feature windows in days (default: settings.ingest.windows_days, "
                    "7,30); history files spanning years read better with e.g. 30,365")
@@ -52,24 +35,9 @@ def ingest_settings(args: argparse.Namespace, settings: Settings) -> IngestSetti
     return settings.ingest.model_copy(update={"windows_days": (short, long)})
 
 
-def read_mapped(args: argparse.Namespace, settings: Settings
-                ) -> tuple[list[dict[str, Any]], ReadReport]:
-    """The file's rows as contract dicts (mapped, joined, in event-time order)."""
-    mapping = Mapping(columns=parse_pairs(args.map), constants=parse_pairs(args.set, "--set"),
-                      ts_unit=args.ts_unit, ts_format=args.ts_format, timezone=args.tz)
-    items = None
-    if args.items:
-        if not Path(args.items).is_file():
-            raise ConfigError(f"--items: no such file: {args.items}")
-        items = load_items(args.items, Mapping(columns=parse_pairs(args.items_map,
-                                                                   "--items-map")))
-    report = ReadReport()
-    return read_events(args.file, mapping, items, report), report
-
-
 def load_events(args: argparse.Namespace, settings: Settings) -> tuple[list[Event], ReadReport]:
     """Read, map, join and validate the file's events; invalid rows are counted, not fatal."""
-    rows, report = read_mapped(args, settings)
+    rows, report = read_mapped(args)
     events = []
     allowed = settings.events.allowed_types
     for row in rows:
@@ -101,6 +69,7 @@ def register(sub: Any, run_sub: Any) -> None:
                        "KMeans and category histogram + KMeans (HR@10, NDCG@10, coverage, "
                        "silhouette, Davies-Bouldin, stability).")
     add_source_args(p)
+    add_window_arg(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--split-time", metavar="T[,T...]",
                       help="split time(s), ISO dates (UTC unless a zone is given)")
@@ -198,6 +167,7 @@ def register_fit(sub: Any) -> None:
                        "every user of FILE, with the streaming path's own code; writes "
                        "segments.jsonl, catalog.json and report.html.")
     add_source_args(p)
+    add_window_arg(p)
     p.add_argument("--k", type=int, help="number of segments (default: "
                    + K_RULE.replace("%", "%%") + ")")  # argparse formats help with %
     p.add_argument("--seed", type=int, default=0, help="clustering seed (default 0)")

@@ -115,10 +115,32 @@ def test_bad_input_is_a_one_line_config_error(tmp_path: Path, call: object,
 
 def test_unsupported_extension(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unsupported file type"):
-        read_events(write(tmp_path, "e.parquet", "x"))
+        read_events(write(tmp_path, "e.xlsx", "x"))
 
 
 def test_item_table_with_a_missing_column(tmp_path: Path) -> None:
     movies = write(tmp_path, "movies.csv", "movieId,title\n1,Heat (1995)\n")
     with pytest.raises(ConfigError, match="no column 'genres'"):
         load_items(movies, Mapping(columns={"item_id": "movieId", "category": "genres"}))
+
+
+def test_parquet_files_read_like_csv(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"CustomerID": ["c1", "c2", "c1"], "StockCode": ["a", "b", "c"],
+                      "InvoiceDate": [1_700_000_300, 1_700_000_100, 1_700_000_200],
+                      "UnitPrice": [2.5, None, 4.0]})
+    path = tmp_path / "retail.parquet"
+    pq.write_table(table, path)
+    mapping = Mapping(columns={"user_id": "CustomerID", "item_id": "StockCode",
+                               "ts": "InvoiceDate", "price": "UnitPrice"},
+                      constants={"type": "purchase"})
+    events = read_events(path, mapping)
+    assert [e["item_id"] for e in events] == ["b", "c", "a"]  # event-time order
+    assert events[0]["ts"] == 1_700_000_100_000 and "price" not in events[0]
+    assert events[2]["price"] == 2.5 and events[2]["type"] == "purchase"
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(ConfigError, match="not a readable Parquet file"):
+        read_events(broken, mapping)
