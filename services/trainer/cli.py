@@ -14,7 +14,8 @@ from segstream.errors import ConfigError
 
 def register(sub: Any, run_sub: Any) -> None:
     """Add ``segstream finetune`` (the trainer runs as a job, not a service)."""
-    from segstream.services.offline.cli import add_source_args
+    from segstream.services.offline.cli import add_window_arg
+    from segstream.services.source_args import add_source_args
 
     p = sub.add_parser(
         "finetune", help="Fine-tune the encoder on users' histories (self-supervised).",
@@ -31,6 +32,7 @@ def register(sub: Any, run_sub: Any) -> None:
     src.add_argument("--days", type=int, default=30, help="days of synthetic history (30)")
     src.add_argument("--seed-data", type=int, default=7, help="generator seed (7)")
     add_source_args(src, positional=False)
+    add_window_arg(src)
     src.add_argument("--until", metavar="TIME", help="use only events before TIME (ISO); "
                      "evaluate after it so the judge never sees training data")
     src.add_argument("--pairs-per-user", type=int, default=1,
