@@ -15,9 +15,10 @@ records each, so every process and ``segstream model status`` can see where it s
 3. ``active``: the registry names the new version; encoder workers (``ModelWatcher``)
    load it before their next claim, without a restart.
 
-``segstream model rollback`` swaps back: the previous vectors and segmenter state return,
-users whose id differs from their pre-rollout id get a change record, and the workers
-load the previous model.
+``segstream model rollback`` swaps back: the previous vectors (``emb_prev``) and segmenter
+state return, users whose id differs from their pre-rollout id get a change record, and
+the workers load the previous model; the version left becomes the previous one, so a
+second rollback undoes the first.
 
 The id bound (tested): a user keeps its id whenever its old segment and its new cluster
 are *mutual majorities* — more than half of the old segment's users fall into the new
@@ -361,7 +362,7 @@ class Rollout:
         assignments, segs, batch = [], {}, []
         for i, uid in enumerate(users):
             seg, emb, text = store.decode_hash(got[3 * i]), got[3 * i + 1], got[3 * i + 2]
-            if b"vec" not in emb:
+            if b"vec" not in emb or emb.get(b"model_version", b"").decode() != version:
                 continue
             segs[uid] = seg
             batch.append(Observation(uid, vec_from_bytes(emb[b"vec"]),
@@ -377,8 +378,15 @@ class Rollout:
                 a.reason = "moved" if a.changed else "stayed"
                 assignments.append(a)
         changed = [a.key for a in assignments if a.changed]
+        current_raw = self.client.hget(self.sk.state, "model")
         self._commit(old, assignments, segs, version, applied, now,
-                     rotate=("emb_prev", "emb", "emb_next"))
+                     rotate=("emb_prev", "emb", "emb_prev"))  # swap: a 2nd rollback undoes it
+        if current_raw is not None:
+            self.client.set(self.registry.prev_state, current_raw)
+        now_ids = {uid: seg["segment_id"] for uid, seg in segs.items() if seg.get("segment_id")}
+        self.client.delete(self.registry.prev_ids)
+        if now_ids:
+            self.client.hset(self.registry.prev_ids, mapping=now_ids)
         return RolloutReport(len(batch), len(changed), len(changed),
                              current.model_version if current else "", version, changed)
 
@@ -411,8 +419,15 @@ class Rollout:
                 "assigned_ms": now})
             live_key, src_key = self.keys.user(a.key, live), self.keys.user(a.key, src)
             spare_key = self.keys.user(a.key, spare)
-            pipe.copy(live_key, spare_key, replace=True)  # keep the other version's vector
-            pipe.copy(src_key, live_key, replace=True)
+            if src == spare:  # swap live and src
+                tmp_key = self.keys.user(a.key, "emb_swap")
+                pipe.copy(live_key, tmp_key, replace=True)
+                pipe.copy(src_key, live_key, replace=True)
+                pipe.copy(tmp_key, src_key, replace=True)
+                pipe.delete(tmp_key)
+            else:
+                pipe.copy(live_key, spare_key, replace=True)  # keep the other version's vector
+                pipe.copy(src_key, live_key, replace=True)
         pipe.hset(self.sk.catalog, mapping={k: json.dumps(v) for k, v in entries.items()})
         pipe.hset(self.sk.state, mapping={"model": store.encode_model(model),
                                           "version": model.version,

@@ -179,4 +179,13 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     assert {r["user_id"] for r in back_records} == moved  # exactly the users that moved
     worker.watcher._at = 0.0
     assert worker.watcher.check(worker) and worker.encoder.model_version == old.model_version
+
+    # A second rollback undoes the first: the fine-tuned version and its ids are back.
+    assert main(["model", "rollback", "--settle", "0"]) == 0
+    state = Registry(redis_conn, keys).read()
+    assert state["active_version"] == new.model_version
+    again = {u: redis_conn.hget(sk.user(u), "segment_id").decode() for u in users}
+    assert sum(again[u] != after[u] for u in users) <= 1  # users[1] was re-encoded since
+    assert redis_conn.hget(keys.user(users[5], "emb"), "model_version").decode() == \
+        new.model_version
     assert np.isfinite(share)
