@@ -441,7 +441,8 @@ class Trainer:
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
-        total_params = sum(p.numel() for p in model.transformer.parameters())
+        total_params = sum(p.numel() for n, p in model.transformer.named_parameters()
+                           if "lora_" not in n)  # the base model's own parameters
         optim = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
         per_epoch = len(train) // cfg.batch_size
         total = per_epoch * cfg.epochs
