@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from segstream.config import load_settings
 from segstream.errors import ConfigError
 
 
-def test_defaults_match_the_design_contract() -> None:
+def test_defaults_match_the_design_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("SEGSTREAM_")]:
+        monkeypatch.delenv(name)  # the defaults themselves, whatever this shell sets
     settings = load_settings()
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert (settings.topics.events, settings.topics.segments, settings.topics.dlq,
