@@ -11,9 +11,14 @@ from segstream.config import load_settings
 from segstream.errors import ConfigError
 
 
-def test_defaults_match_the_design_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests set their own SEGSTREAM_ variables; the calling shell's do not count."""
     for name in [n for n in os.environ if n.startswith("SEGSTREAM_")]:
-        monkeypatch.delenv(name)  # the defaults themselves, whatever this shell sets
+        monkeypatch.delenv(name)
+
+
+def test_defaults_match_the_design_contract() -> None:
     settings = load_settings()
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert (settings.topics.events, settings.topics.segments, settings.topics.dlq,
