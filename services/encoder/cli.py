@@ -33,7 +33,9 @@ def cmd_run_encoder(settings: Settings, args: argparse.Namespace) -> int:
     metrics = EncoderMetrics()
     worker = EncoderWorker(settings, metrics=metrics)
     worker.encoder.warmup()
-    metrics.serve(settings.encoder.metrics_port)
+    from segstream.health import service_health
+
+    metrics.serve(settings.encoder.metrics_port, health=service_health(settings, kafka=False))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
