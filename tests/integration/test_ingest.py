@@ -9,16 +9,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from kafka.admin import NewTopic
 
 from segstream.config import Settings
 from segstream.feature_store import FeatureStore
 from segstream.features import summarize
-from segstream.kafka_io import KafkaClients, describe
+from segstream.kafka_io import KafkaClients
 from segstream.redis_io import redis_client
 from segstream.services.ingest.service import IngestService
 from segstream.synthetic import MALFORMED, SyntheticStream
-from tests.helpers import wait_until
+from tests.helpers import create_event_topics, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 3
@@ -35,14 +34,7 @@ def ingest_settings(infra: Settings, unique: str, **ingest: Any) -> Settings:
 
 
 def create_topics(settings: Settings) -> None:
-    admin = KafkaClients(settings.kafka).admin()
-    try:
-        names = [settings.topics.events, settings.topics.dlq]
-        admin.create_topics([NewTopic(settings.topics.events, PARTITIONS, 1),
-                             NewTopic(settings.topics.dlq, 1, 1)])
-        wait_until(lambda: len(describe(admin, names)) == 2, what="topics")
-    finally:
-        admin.close()
+    create_event_topics(settings, PARTITIONS)
 
 
 def produce(settings: Settings, records: Any) -> list[Any]:

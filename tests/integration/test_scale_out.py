@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from kafka.admin import NewTopic
 
 from segstream.config import Settings
 from segstream.encoding import text_hash, vec_from_bytes
-from segstream.kafka_io import KafkaClients, describe
+from segstream.kafka_io import KafkaClients
 from segstream.redis_io import Keys, redis_client
 from segstream.synthetic import SyntheticStream
-from tests.helpers import wait_until
+from tests.helpers import create_event_topics, wait_until
 from tests.integration.test_ingest import assert_exact, recount
 from tests.integration.test_ingest_kill import committed
 
@@ -48,14 +47,7 @@ def isolated(infra: Settings, name: str) -> Settings:
 
 
 def create_topics(settings: Settings) -> None:
-    admin = KafkaClients(settings.kafka).admin()
-    try:
-        names = [settings.topics.events, settings.topics.dlq]
-        admin.create_topics([NewTopic(settings.topics.events, PARTITIONS, 1),
-                             NewTopic(settings.topics.dlq, 1, 1)])
-        wait_until(lambda: len(describe(admin, names)) == 2, what="topics")
-    finally:
-        admin.close()
+    create_event_topics(settings, PARTITIONS)
 
 
 class Fleet:
