@@ -128,7 +128,7 @@ def cache_study(users: int) -> None:
 
 
 def pipeline(windows_: list[Window], rate_eps: float, cache: bool, threads: int) -> None:
-    from segstream.services.encoder.service import EncoderWorker
+    from segstream_services.encoder.service import EncoderWorker
 
     settings = load_settings()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"

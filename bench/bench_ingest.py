@@ -35,8 +35,8 @@ from segstream.feature_text import render
 from segstream.features import increments, summarize
 from segstream.kafka_io import KafkaClients, describe
 from segstream.redis_io import redis_client
-from segstream.services.ingest.service import IngestService
 from segstream.synthetic import SyntheticStream
+from segstream_services.ingest.service import IngestService
 
 
 def isolated(base: Settings, run: str) -> Settings:

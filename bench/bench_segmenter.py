@@ -195,7 +195,7 @@ def cmd_freshness(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the services
     logs = {name: open(f"{args.logs}/bench-seg-{run}-{name}.log", "w")  # noqa: SIM115
             for name in ("ingest", "encoder", "segmenter")}
-    procs = [subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run", name],
+    procs = [subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run", name],
                               env={**os.environ, **env}, stderr=log)
              for name, log in logs.items()]
     print(f"service logs: {args.logs}/bench-seg-{run}-*.log")

@@ -22,7 +22,7 @@ from segstream.redis_io import redis_client
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Settings]:
     """Settings for the real local Kafka + Redis, started for this session if needed."""
-    from segstream.services import localinfra
+    from segstream_services.dev import localinfra
 
     settings = load_settings()
     started = localinfra.up(settings)

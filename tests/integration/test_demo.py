@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def test_demo_runs_end_to_end_and_cleans_up(infra: Settings) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "segstream.services.cli", "demo", "--users", "120",
+        [sys.executable, "-m", "segstream_services.cli", "demo", "--users", "120",
          "--settle", "5", "--max-seconds", "400"],
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_and_cleans_up(infra: Settings) -> None:
         admin.close()
     assert leftovers == []  # the run's topics are deleted
     shown = subprocess.run(  # the run's Redis state stays: `segstream user` reads it
-        [sys.executable, "-m", "segstream.services.cli", "user", "user-000001", "--json"],
+        [sys.executable, "-m", "segstream_services.cli", "user", "user-000001", "--json"],
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": run.group(1)})
     assert shown.returncode == 0, shown.stderr

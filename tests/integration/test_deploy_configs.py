@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from segstream.config import RedisSettings, Settings
 from segstream.redis_io import check_redis, redis_client
-from segstream.services.localinfra import ensure_redis_installed
+from segstream_services.dev.localinfra import ensure_redis_installed
 from tests import tooling
 from tests.helpers import wait_until
 
@@ -107,9 +107,9 @@ def test_scrape_config_matches_the_service_ports() -> None:
 
 def _exposed_names() -> set[str]:
     """Every series name the three services can expose (from their real registries)."""
-    from segstream.services.encoder.metrics import EncoderMetrics
-    from segstream.services.ingest.metrics import IngestMetrics
-    from segstream.services.segmenter.metrics import SegmenterMetrics
+    from segstream_services.encoder.metrics import EncoderMetrics
+    from segstream_services.ingest.metrics import IngestMetrics
+    from segstream_services.segmenter.metrics import SegmenterMetrics
 
     names: set[str] = set()
     for registry in (IngestMetrics().service.registry, EncoderMetrics().base.registry,
@@ -138,7 +138,7 @@ def test_rules_and_dashboard_use_only_exposed_metrics() -> None:
         for name in re.findall(r"\bsegstream:[a-z0-9_:]+", expr):
             assert name in recorded, f"recording rule {name} is not defined"
     # label values the rules select on are ones the services really set
-    from segstream.services.segmenter.metrics import REASONS
+    from segstream_services.segmenter.metrics import REASONS
 
     assert "moved" in REASONS
     encoder_src = (ROOT / "services" / "encoder" / "service.py").read_text()

@@ -22,8 +22,8 @@ import torch
 from segstream.config import Settings
 from segstream.encoding import Encoder, cosine_rows, text_hash, vec_from_bytes
 from segstream.redis_io import Keys
-from segstream.services.encoder.claims import Claim, ClaimQueue, Done
-from segstream.services.encoder.service import BatchReport, EncoderWorker
+from segstream_services.encoder.claims import Claim, ClaimQueue, Done
+from segstream_services.encoder.service import BatchReport, EncoderWorker
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -191,7 +191,7 @@ def spawn_worker(procs: list[subprocess.Popen], prefix: str, log: Path,
     env = {**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": prefix,
            "SEGSTREAM_ENCODER__METRICS_PORT": "0", "SEGSTREAM_ENCODER__TORCH_THREADS": "1",
            **{f"SEGSTREAM_ENCODER__{k.upper()}": str(v) for k, v in encoder.items()}}
-    p = subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run", "encoder"],
+    p = subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run", "encoder"],
                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                          stderr=log.open("w"))
     procs.append(p)

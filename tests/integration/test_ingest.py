@@ -15,8 +15,8 @@ from segstream.feature_store import FeatureStore
 from segstream.features import summarize
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import redis_client
-from segstream.services.ingest.service import IngestService
 from segstream.synthetic import MALFORMED, SyntheticStream
+from segstream_services.ingest.service import IngestService
 from tests.helpers import create_event_topics, wait_until
 
 pytestmark = pytest.mark.integration
@@ -262,7 +262,7 @@ def test_cli_replay_produce_and_user(infra: Settings, unique: str, tmp_path: Any
            "SEGSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "segstream.services.cli", *args],
+        return subprocess.run([sys.executable, "-m", "segstream_services.cli", *args],
                               capture_output=True, text=True, env=env, timeout=120,
                               cwd=tmp_path)
 

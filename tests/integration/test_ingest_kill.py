@@ -41,7 +41,7 @@ def start(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
            "SEGSTREAM_INGEST__MAX_POLL_RECORDS": str(settings.ingest.max_poll_records),
            "SEGSTREAM_INGEST__SESSION_TIMEOUT_MS": "6000",
            "SEGSTREAM_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run", "ingest",
+    return subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run", "ingest",
                              *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 

@@ -14,7 +14,7 @@ import pytest
 from segstream.config import Settings
 
 pytestmark = pytest.mark.integration
-CLI = [sys.executable, "-m", "segstream.services.cli"]
+CLI = [sys.executable, "-m", "segstream_services.cli"]
 
 
 def free_port() -> int:

@@ -23,13 +23,13 @@ from segstream.config import Settings
 from segstream.events import parse_ts
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.redis_io import Keys, redis_client
-from segstream.seg_engagement import TIERS
-from segstream.services.encoder.service import EncoderWorker
-from segstream.services.ingest.service import IngestService
-from segstream.services.segmenter import store
-from segstream.services.segmenter.cli import user_segment_info
-from segstream.services.segmenter.service import SegmenterService
+from segstream.segmentation.engagement import TIERS
 from segstream.synthetic import PERSONAS, SyntheticStream
+from segstream_services.encoder.service import EncoderWorker
+from segstream_services.ingest.service import IngestService
+from segstream_services.segmenter import store
+from segstream_services.segmenter.cli import user_segment_info
+from segstream_services.segmenter.service import SegmenterService
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration

@@ -173,7 +173,7 @@ def test_prometheus_scrapes_the_key_series(infra: Settings, unique: str, tmp_pat
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in SERVICES}
     for name in SERVICES:
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "segstream.services.cli", "run", name], env=env,
+            [sys.executable, "-m", "segstream_services.cli", "run", name], env=env,
             stdout=logs[name], stderr=subprocess.STDOUT))
     prom = Prometheus(prometheus_bin[1], prometheus_bin[0], tmp_path, ports)
     try:

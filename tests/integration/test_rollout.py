@@ -22,10 +22,10 @@ from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.offline import build_profiles
 from segstream.redis_io import Keys
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
-from segstream.services.cli import main
-from segstream.services.encoder.rollout import Registry, Rollout
-from segstream.services.encoder.service import EncoderWorker
-from segstream.services.segmenter import store
+from segstream_services.cli import main
+from segstream_services.encoder.rollout import Registry, Rollout
+from segstream_services.encoder.service import EncoderWorker
+from segstream_services.segmenter import store
 from tests.unit.test_finetune import _run, tiny_base  # noqa: F401 - the base model fixture
 
 pytestmark = pytest.mark.integration

@@ -72,7 +72,7 @@ class Fleet:
                "SEGSTREAM_ENCODER__LEASE_S": "3",
                "SEGSTREAM_LOG_LEVEL": "WARNING"}
         log = (self.logdir / f"{s.redis.key_prefix}-{service}-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run",
+        proc = subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run",
                                  service], env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs.append((service, proc))

@@ -27,7 +27,7 @@ from segstream.health import check_kafka
 from segstream.kafka_io import KafkaClients
 from segstream.logs import configure_logging
 from segstream.redis_io import Keys, check_redis, redis_client
-from segstream.services.localinfra import LocalKafka, _sasl_overrides, ensure_redis_installed
+from segstream_services.dev.localinfra import LocalKafka, _sasl_overrides, ensure_redis_installed
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_help_never_shows_secrets(monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("SEGSTREAM_KAFKA__SASL_PASSWORD", KAFKA_PASSWORD)
     monkeypatch.setenv("SEGSTREAM_REDIS__PASSWORD", REDIS_PASSWORD)
-    from segstream.services.cli import build_parser, main
+    from segstream_services.cli import build_parser, main
 
     def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
         found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -114,7 +114,7 @@ def test_help_never_shows_secrets(monkeypatch: pytest.MonkeyPatch,
         assert out.startswith("usage: segstream"), args
         assert KAFKA_PASSWORD not in out + err and REDIS_PASSWORD not in out + err, args
     # and through the installed entry point, as an operator runs it
-    done = subprocess.run([sys.executable, "-m", "segstream.services.cli", "--help"],
+    done = subprocess.run([sys.executable, "-m", "segstream_services.cli", "--help"],
                           env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and KAFKA_PASSWORD not in done.stdout + done.stderr
 
@@ -353,7 +353,7 @@ def test_ingest_service_runs_over_sasl(sasl_broker: Settings, unique: str,
            "SEGSTREAM_TOPICS__EVENTS": topics.events, "SEGSTREAM_TOPICS__DLQ": topics.dlq,
            "SEGSTREAM_REDIS__KEY_PREFIX": unique, "SEGSTREAM_INGEST__GROUP_ID": unique,
            "SEGSTREAM_INGEST__METRICS_PORT": "0", "SEGSTREAM_LOG_LEVEL": "DEBUG"}
-    done = subprocess.run([sys.executable, "-m", "segstream.services.cli", "run", "ingest",
+    done = subprocess.run([sys.executable, "-m", "segstream_services.cli", "run", "ingest",
                            "--idle-exit", "4"], env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -27,10 +27,10 @@ from sklearn.metrics import adjusted_rand_score
 from segstream.config import Settings
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.redis_io import Keys
-from segstream.services.cli import main as cli_main
-from segstream.services.segmenter import store
-from segstream.services.segmenter.cli import catalog, user_segment_info
-from segstream.services.segmenter.service import SegmenterService
+from segstream_services.cli import main as cli_main
+from segstream_services.segmenter import store
+from segstream_services.segmenter.cli import catalog, user_segment_info
+from segstream_services.segmenter.service import SegmenterService
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -258,7 +258,7 @@ def test_segments_cli_and_sigterm(settings: Settings, redis_conn: redis.Redis,
         monkeypatch.setenv(k, v)
     assert cli_main(["segments", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
-    proc = subprocess.Popen([sys.executable, "-m", "segstream.services.cli", "run",
+    proc = subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run",
                              "segmenter"], env={**os.environ, **env},
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-CLI = [sys.executable, "-m", "segstream.services.cli"]
+CLI = [sys.executable, "-m", "segstream_services.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

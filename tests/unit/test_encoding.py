@@ -163,7 +163,7 @@ def test_float16_bytes_round_trip() -> None:
 
 
 def test_encode_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from segstream.services.cli import main
+    from segstream_services.cli import main
 
     assert main(["encode", "hello world", "Mostly books (60%)."]) == 0
     out = capsys.readouterr().out

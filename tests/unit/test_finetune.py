@@ -32,8 +32,8 @@ from segstream.finetune import (
     split_users,
     window_text,
 )
-from segstream.services.cli import main
 from segstream.synthetic import SyntheticStream
+from segstream_services.cli import main
 
 SETTINGS = IngestSettings()
 PROBE = ["Last 30 days: 12 views. Mostly books (80%). Active on weekday evenings.",

@@ -11,7 +11,7 @@ import pytest
 
 from segstream.synthetic import SyntheticStream
 
-CLI = [sys.executable, "-m", "segstream.services.cli"]
+CLI = [sys.executable, "-m", "segstream_services.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
-from segstream.services.encoder.rollout import migrate, mutual_majority_kept
+from segstream_services.encoder.rollout import migrate, mutual_majority_kept
 
 K, DIM, PER = 5, 24, 40
 

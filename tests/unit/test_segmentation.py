@@ -292,7 +292,7 @@ def test_recent_users_are_bounded_and_round_trip() -> None:
 def test_catalog_entries_carry_lineage_and_match_the_schema() -> None:
     import jsonschema
 
-    from segstream.services.segmenter import store
+    from segstream_services.segmenter import store
 
     m, s = trained(k=5, half_life=200, batches=30)
     for t in range(30, 90):  # mode 4 starves: its centre is reassigned (split + retire)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segstream.seg_engagement import DAY_MS, EngagementThresholds, engagement_tier
-from segstream.seg_ids import match_by_distance, match_by_overlap, match_sets, spacing
-from segstream.seg_labels import add_text, ctfidf, decay, label_and_description, text_changes
+from segstream.segmentation.engagement import DAY_MS, EngagementThresholds, engagement_tier
+from segstream.segmentation.ids import match_by_distance, match_by_overlap, match_sets, spacing
+from segstream.segmentation.labels import (
+    add_text,
+    ctfidf,
+    decay,
+    label_and_description,
+    text_changes,
+)
 
 
 def test_distance_matching_is_a_permutation_within_reach() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from segstream.config import DEFAULT_EVENT_TYPES, Settings
 from segstream.errors import InvalidEvent
 from segstream.events import parse_event
-from segstream.services.ingest.service import IngestService
 from segstream.synthetic import BOT, MALFORMED, PERSONAS, SyntheticStream, load_truth
+from segstream_services.ingest.service import IngestService
 
 TYPES = frozenset(DEFAULT_EVENT_TYPES)
 END = 1_795_857_300_000

@@ -32,7 +32,7 @@ from segstream.redis_io import check_redis, redis_client
 
 log = logging.getLogger(__name__)
 
-DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY_DIR = Path(__file__).resolve().parents[3] / "deploy"
 KAFKA_DIR = DEPLOY_DIR / "kafka"
 
 

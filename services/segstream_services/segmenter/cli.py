@@ -12,7 +12,7 @@ import redis
 
 from segstream.config import Settings
 from segstream.redis_io import check_redis, redis_client
-from segstream.services.segmenter import store
+from segstream_services.segmenter import store
 
 
 def register(sub: Any, run_sub: Any) -> None:
@@ -32,7 +32,7 @@ def register(sub: Any, run_sub: Any) -> None:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services.segmenter.service import SegmenterService
+    from segstream_services.segmenter.service import SegmenterService
 
     client = redis_client(settings.redis)
     check_redis(client)

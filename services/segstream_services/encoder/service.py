@@ -27,9 +27,9 @@ from segstream.config import Settings
 from segstream.encoding import Encoder, text_hash, vec_to_bytes
 from segstream.errors import InfraError
 from segstream.redis_io import Keys, check_redis, redis_client
-from segstream.services.encoder.cache import EmbeddingCache
-from segstream.services.encoder.claims import Claim, ClaimQueue, Done
-from segstream.services.encoder.metrics import EncoderMetrics
+from segstream_services.encoder.cache import EmbeddingCache
+from segstream_services.encoder.claims import Claim, ClaimQueue, Done
+from segstream_services.encoder.metrics import EncoderMetrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class EncoderWorker:
                                 self.encoder.model_version)
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
-        from segstream.services.encoder.rollout import ModelWatcher
+        from segstream_services.encoder.rollout import ModelWatcher
 
         self.watcher = ModelWatcher(  # rollout/rollback: a new model without a restart
             self.client, self.keys, load=lambda path: Encoder.from_settings(

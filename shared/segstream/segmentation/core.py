@@ -13,7 +13,7 @@
   centroids (Hungarian); a centre farther than ``id_change_ratio`` times the typical gap
   between centres means something new: it gets a fresh id (ids are never reused), the old
   id is retired or merged, and the lineage records it.
-- **Hierarchy, labels, engagement**: see ``seg_hierarchy``, ``seg_labels``, ``seg_engagement``.
+- **Hierarchy, labels, engagement**: see ``hierarchy``, ``labels``, ``engagement`` in this package.
 
 The whole state round-trips through ``to_dict``/``from_dict`` (JSON-safe) and pickle, and
 every random choice is seeded by ``(seed, step)``, so a restored model continues exactly
@@ -33,10 +33,10 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import ThreadpoolController
 
-from segstream import seg_labels
 from segstream.errors import ConfigError
-from segstream.seg_hierarchy import family_count, group_centres, stable_families
-from segstream.seg_ids import match_by_distance, match_by_overlap, spacing
+from segstream.segmentation import labels as seg_labels
+from segstream.segmentation.hierarchy import family_count, group_centres, stable_families
+from segstream.segmentation.ids import match_by_distance, match_by_overlap, spacing
 
 T = TypeVar("T")
 STATE_FORMAT = 1

@@ -11,8 +11,8 @@ from typing import Any
 from segstream.config import IngestSettings, Settings
 from segstream.errors import ConfigError, InvalidEvent
 from segstream.events import Event, event_from_dict
-from segstream.services.source_args import add_source_args, read_mapped
 from segstream.sources import ReadReport
+from segstream_services.source_args import add_source_args, read_mapped
 
 
 def add_window_arg(p: argparse.ArgumentParser) -> None:
@@ -97,7 +97,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
     from segstream.encoding import Encoder
     from segstream.offline import TextEmbedder
-    from segstream.services.offline.evaluate import (
+    from segstream_services.offline.evaluate import (
         METHODS,
         EvalConfig,
         rolling_splits,
@@ -183,8 +183,8 @@ def cmd_fit(settings: Settings, args: argparse.Namespace) -> int:
     from segstream.encoding import Encoder
     from segstream.offline import TextEmbedder, build_profiles, choose_k, segment_profiles
     from segstream.segmentation import SegConfig
-    from segstream.services.offline.report import render_report, segment_profiles_table
-    from segstream.services.segmenter.store import catalog_entries
+    from segstream_services.offline.report import render_report, segment_profiles_table
+    from segstream_services.segmenter.store import catalog_entries
 
     console = Console(stderr=True)
     out = Path(args.out or f"fit-{Path(args.file).stem}")

@@ -26,8 +26,8 @@ def _apply_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def cmd_run_encoder(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services.encoder.metrics import EncoderMetrics
-    from segstream.services.encoder.service import EncoderWorker
+    from segstream_services.encoder.metrics import EncoderMetrics
+    from segstream_services.encoder.service import EncoderWorker
 
     settings = _apply_overrides(settings, args)
     metrics = EncoderMetrics()

@@ -39,11 +39,11 @@ from segstream.errors import InfraError
 from segstream.health import service_health
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import Keys, redis_client
-from segstream.seg_engagement import EngagementThresholds, engagement_tier
-from segstream.seg_labels import text_changes
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter, SegConfig
-from segstream.services.segmenter import store
-from segstream.services.segmenter.metrics import SegmenterMetrics
+from segstream.segmentation.engagement import EngagementThresholds, engagement_tier
+from segstream.segmentation.labels import text_changes
+from segstream_services.segmenter import store
+from segstream_services.segmenter.metrics import SegmenterMetrics
 
 log = logging.getLogger(__name__)
 _PREV_TEXT, _NEW_TEXT = "_prev_text", "_new_text"

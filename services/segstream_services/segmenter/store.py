@@ -31,8 +31,8 @@ from segstream.config import Settings
 from segstream.feature_store import parse_state
 from segstream.features import summarize, zone
 from segstream.redis_io import Keys
-from segstream.seg_engagement import EngagementThresholds, engagement_tier
 from segstream.segmentation import OnlineSegmenter
+from segstream.segmentation.engagement import EngagementThresholds, engagement_tier
 
 SCHEMA_VERSION = 1
 APPLIED_KEEP = 4096

@@ -23,7 +23,7 @@ second rollback undoes the first.
 The id bound (tested): a user keeps its id whenever its old segment and its new cluster
 are *mutual majorities* — more than half of the old segment's users fall into the new
 cluster and more than half of the new cluster came from the old segment
-(``seg_ids.match_by_overlap`` keeps every such pair). So the share of users whose id
+(``segmentation.ids.match_by_overlap`` keeps every such pair). So the share of users whose id
 changes is at most ``1 - sum(overlap of mutual-majority pairs) / users``, which
 ``RolloutReport`` states beside the share that did change.
 """
@@ -156,7 +156,7 @@ class Rollout:
 
     def __init__(self, client: redis.Redis, prefix: str, publish: Publish,
                  segments_topic: str, catalog_topic: str, batch: int = 256) -> None:
-        from segstream.services.segmenter import store
+        from segstream_services.segmenter import store
 
         self.client = client
         self.keys = Keys(prefix)
@@ -306,7 +306,7 @@ class Rollout:
     # ------------------------------------------------------------------ internals
     def _switch(self, users: list[str], source: str, version: str, keep_previous: bool
                 ) -> RolloutReport:
-        from segstream.services.segmenter import store
+        from segstream_services.segmenter import store
 
         model, _, applied = store.read_state(self.client, self.sk)
         if model is None:
@@ -342,7 +342,7 @@ class Rollout:
         return report
 
     def _restore(self, version: str) -> RolloutReport:
-        from segstream.services.segmenter import store
+        from segstream_services.segmenter import store
 
         raw = self.client.get(self.registry.prev_state)
         if raw is None:
@@ -394,8 +394,8 @@ class Rollout:
                 segs: dict[str, dict[str, str]], version: str, applied: list[str], now: int,
                 rotate: tuple[str, str, str]) -> None:
         """Publish changes and the catalog, then store model, users and vectors."""
-        from segstream.seg_labels import text_changes
-        from segstream.services.segmenter import store
+        from segstream.segmentation.labels import text_changes
+        from segstream_services.segmenter import store
 
         records = []
         for a in assignments:

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _print_status(settings: Settings, as_json: bool) -> bool:
-    from segstream.services import localinfra
+    from segstream_services.dev import localinfra
 
     rows = localinfra.status(settings)
     if as_json:
@@ -54,7 +54,7 @@ def _print_status(settings: Settings, as_json: bool) -> bool:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services import localinfra
+    from segstream_services.dev import localinfra
 
     started = localinfra.up(settings)
     for name, did in started.items():
@@ -63,7 +63,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services import localinfra
+    from segstream_services.dev import localinfra
 
     stopped = localinfra.down(settings)
     for name, was_running in stopped.items():
@@ -76,7 +76,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services.demo import run_demo
+    from segstream_services.dev.demo import run_demo
 
     return run_demo(settings, args)
 
@@ -118,14 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end after S seconds whatever happens (900)")
     p.add_argument("--keep-infra", action="store_true",
                    help="leave Kafka and Redis running at the end")
-    from segstream.services.source_args import add_source_args
+    from segstream_services.source_args import add_source_args
 
     add_source_args(p, positional=False)
     run = add("run", _missing_service, "Run one service in the foreground.")
     run_sub = run.add_subparsers(dest="service", required=True, metavar="SERVICE",
                                  parser_class=_Parser)
     for name in SERVICE_PACKAGES:
-        module = f"segstream.services.{name}.cli"
+        module = f"segstream_services.{name}.cli"
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module).register(sub, run_sub)
     return parser

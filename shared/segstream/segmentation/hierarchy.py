@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
-from segstream.seg_ids import match_sets
+from segstream.segmentation.ids import match_sets
 
 
 def family_count(k: int, configured: int) -> int:

@@ -38,7 +38,7 @@ from segstream.feature_text import render
 from segstream.features import increments, summarize, zone
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import check_redis, redis_client
-from segstream.services.ingest.metrics import IngestMetrics
+from segstream_services.ingest.metrics import IngestMetrics
 
 log = logging.getLogger("segstream.ingest")
 STATUS_OUTCOME = {"A": ("applied", ""), "R": ("duplicate", "redelivery"),

@@ -19,7 +19,7 @@ log = logging.getLogger("segstream.ingest")
 
 
 def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services.ingest.service import IngestService
+    from segstream_services.ingest.service import IngestService
 
     service = IngestService(settings)
     if settings.ingest.metrics_port:
@@ -129,7 +129,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream.services.source_args import read_mapped
+    from segstream_services.source_args import read_mapped
 
     events, report = read_mapped(args)
     if args.limit:
@@ -169,7 +169,7 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
             "spend": round(w.spend, 2), "quantity": w.quantity,
             "time_of_day": dict(w.time_of_day), "weekday": w.weekday, "weekend": w.weekend}
     dirty_score = client.zscore(store.keys.dirty(), user_id)
-    from segstream.services.segmenter.cli import user_segment_info
+    from segstream_services.segmenter.cli import user_segment_info
 
     segment = user_segment_info(settings, client, user_id)
     return {
@@ -240,7 +240,7 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersAction) -> None:
     """Add ``run ingest``, ``produce``, ``replay`` and ``user`` to the segstream CLI."""
-    from segstream.services.source_args import add_source_args
+    from segstream_services.source_args import add_source_args
 
     help_ = ("Consume behaviour events, clean them, keep per-user features in Redis and "
              "queue changed feature texts for the encoder; SIGTERM finishes the batch in "

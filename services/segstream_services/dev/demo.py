@@ -149,7 +149,7 @@ def _records(args: argparse.Namespace, settings: Settings, workdir: Path
              ) -> tuple[Iterator[tuple[bytes, bytes | None]], int | None, dict[str, str] | None]:
     """The records to stream, their count when known, and the personas (synthetic only)."""
     if args.file:
-        from segstream.services.source_args import read_mapped
+        from segstream_services.source_args import read_mapped
 
         events = read_mapped(args)[0]
         return ((str(e["user_id"]).encode(), json.dumps(e).encode()) for e in events), \
@@ -216,7 +216,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from segstream.services import localinfra
+    from segstream_services.dev import localinfra
 
     console = Console()
     run = time.strftime("demo-%Y%m%d-%H%M%S")
@@ -263,7 +263,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         for name in SERVICES:
             log = (workdir / f"{name}.log").open("wb")
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "segstream.services.cli", "run", name], env=env,
+                [sys.executable, "-m", "segstream_services.cli", "run", name], env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         console.print("services: " + ", ".join(

@@ -14,8 +14,8 @@ from segstream.errors import ConfigError
 
 def register(sub: Any, run_sub: Any) -> None:
     """Add ``segstream finetune`` (the trainer runs as a job, not a service)."""
-    from segstream.services.offline.cli import add_window_arg
-    from segstream.services.source_args import add_source_args
+    from segstream_services.offline.cli import add_window_arg
+    from segstream_services.source_args import add_source_args
 
     p = sub.add_parser(
         "finetune", help="Fine-tune the encoder on users' histories (self-supervised).",
@@ -106,7 +106,7 @@ def register_model(sub: Any) -> None:
 def _rollout(settings: Settings) -> Any:
     from segstream.kafka_io import KafkaClients
     from segstream.redis_io import check_redis, redis_client
-    from segstream.services.encoder.rollout import Rollout
+    from segstream_services.encoder.rollout import Rollout
 
     client = redis_client(settings.redis)
     check_redis(client)
@@ -138,7 +138,7 @@ def cmd_model_rollout(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from segstream.encoding import Encoder, default_model_path
-    from segstream.services.segmenter import store
+    from segstream_services.segmenter import store
 
     console = Console(stderr=True)
     if not Path(args.dir).is_dir():
@@ -178,7 +178,7 @@ def cmd_model_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_model_status(settings: Settings, args: argparse.Namespace) -> int:
     from segstream.redis_io import Keys, check_redis, redis_client
-    from segstream.services.encoder.rollout import Registry
+    from segstream_services.encoder.rollout import Registry
 
     client = redis_client(settings.redis)
     check_redis(client)
@@ -195,7 +195,7 @@ def cmd_model_status(settings: Settings, args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace, settings: Settings) -> tuple[list, str]:
     from segstream.errors import InvalidEvent
     from segstream.events import event_from_dict
-    from segstream.services.offline.cli import load_events
+    from segstream_services.offline.cli import load_events
 
     if args.synthetic == bool(args.file):
         raise ConfigError("give exactly one of --file FILE and --synthetic")
@@ -242,7 +242,7 @@ def cmd_finetune(settings: Settings, args: argparse.Namespace) -> int:
         make_pairs,
         split_users,
     )
-    from segstream.services.offline.cli import ingest_settings, parse_time
+    from segstream_services.offline.cli import ingest_settings, parse_time
 
     console = Console(stderr=True)
     for flag in ("pairs_per_user", "min_events"):

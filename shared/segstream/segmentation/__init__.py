@@ -1,0 +1,19 @@
+"""**segment**: the online clusterer and what it derives for each segment.
+
+- ``core``: ``OnlineSegmenter`` (online MiniBatchKMeans with forgetting, stable ids, lineage);
+- ``ids``: matching centres to ids (Hungarian, member overlap);
+- ``hierarchy``: interest families (tier 1) over fine segments;
+- ``labels``: c-TF-IDF labels and descriptions from members' texts;
+- ``engagement``: the RFM engagement tier, a separate axis from interest.
+"""
+
+from segstream.segmentation.core import (
+    Assignment,
+    Family,
+    Observation,
+    OnlineSegmenter,
+    SegConfig,
+    Segment,
+)
+
+__all__ = ["Assignment", "Family", "Observation", "OnlineSegmenter", "SegConfig", "Segment"]
