@@ -142,6 +142,30 @@ def test_hysteresis_margin_keeps_a_user_until_clearly_better() -> None:
     assert move.previous_distance is not None and move.previous_distance > move.distance
 
 
+def test_assign_many_equals_one_by_one_assign_and_changes_nothing() -> None:
+    m, s = trained(k=4, batches=10)
+    obs, _ = s.batch(axes(range(4)), 60)
+    previous = [None, *m.slot_ids] * 12
+    batch = [Observation(o.key, o.vector, o.text, p) for o, p in zip(obs, previous[:60],
+                                                                     strict=True)]
+    before = json.dumps(m.to_dict(), sort_keys=True)
+    many = m.assign_many(batch)
+    one = [m.assign(o.vector, o.previous) for o in batch]
+    assert json.dumps(m.to_dict(), sort_keys=True) == before  # read-only
+    assert len(many) == len(one) == 60
+    for a, b, o in zip(many, one, batch, strict=True):
+        assert a.key == o.key and a.text == o.text
+        assert (a.segment_id, a.previous_segment_id, a.changed, a.reason, a.tier_path) == \
+            (b.segment_id, b.previous_segment_id, b.changed, b.reason, b.tier_path)
+        assert a.confidence == pytest.approx(b.confidence)
+        assert a.distance == pytest.approx(b.distance) and a.margin == pytest.approx(b.margin)
+        assert [sid for sid, _ in a.memberships] == [sid for sid, _ in b.memberships]
+    assert {a.reason for a in many} >= {"first", "stayed"}
+    assert m.assign_many([]) == []
+    with pytest.raises(ConfigError, match="cold start"):
+        OnlineSegmenter(SegConfig(k=3)).assign_many(batch)
+
+
 def test_memberships_are_topk_and_confidence_is_the_top_weight() -> None:
     m, s = trained(k=4, top_k=3)
     a = m.assign(s.batch(axes(range(4)), 1)[0][0].vector)

@@ -13,20 +13,19 @@
   centroids (Hungarian); a centre farther than ``id_change_ratio`` times the typical gap
   between centres means something new: it gets a fresh id (ids are never reused), the old
   id is retired or merged, and the lineage records it.
-- **Hierarchy, labels, engagement**: see ``hierarchy``, ``labels``, ``engagement`` in this package.
+- **Hierarchy, labels, engagement**: see ``hierarchy``, ``labels``, ``engagement`` in this
+  package; value types are in ``types``, id matching and lineage in ``lineage``.
 
-The whole state round-trips through ``to_dict``/``from_dict`` (JSON-safe) and pickle, and
-every random choice is seeded by ``(seed, step)``, so a restored model continues exactly
-as the uninterrupted one would.
+The whole state round-trips through ``to_dict``/``from_dict`` (JSON-safe, see ``state``) and
+pickle, and every random choice is seeded by ``(seed, step)``, so a restored model continues
+exactly as the uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,11 +34,13 @@ from threadpoolctl import ThreadpoolController
 
 from segstream.errors import ConfigError
 from segstream.segmentation import labels as seg_labels
-from segstream.segmentation.hierarchy import family_count, group_centres, stable_families
-from segstream.segmentation.ids import match_by_distance, match_by_overlap, spacing
+from segstream.segmentation import state
+from segstream.segmentation.ids import match_by_overlap
+from segstream.segmentation.lineage import distance_mapping, reconcile
+from segstream.segmentation.types import Assignment, Family, Observation, SegConfig, Segment
 
+__all__ = ["Assignment", "Family", "Observation", "OnlineSegmenter", "SegConfig", "Segment"]
 T = TypeVar("T")
-STATE_FORMAT = 1
 _EPS = 1e-12
 _POOLS: list[ThreadpoolController] = []
 
@@ -62,99 +63,6 @@ def _limited(method: Callable[..., T]) -> Callable[..., T]:
         with _threads(self.config.threads):
             return method(self, *args, **kwargs)
     return wrapper
-
-
-@dataclass(frozen=True)
-class SegConfig:
-    """Clusterer parameters (the service builds them from ``SegmenterSettings``)."""
-
-    k: int = 12
-    families: int = 0
-    cold_start_factor: int = 10
-    half_life_points: float = 20_000.0
-    reassignment_ratio: float = 0.01
-    hysteresis_margin: float = 0.1
-    top_k: int = 3
-    id_change_ratio: float = 0.5
-    label_terms: int = 3
-    description_terms: int = 8
-    seed: int = 0
-    refit_every: int = 2_000
-    refit_sample: int = 2_000
-    refit_min_gain: float = 0.02
-    normalise: bool = True
-    threads: int = 1  # BLAS/OpenMP threads while clustering (small matrices: 1 is fastest)
-
-    @classmethod
-    def from_settings(cls, s: Any) -> SegConfig:
-        names = [f for f in cls.__dataclass_fields__ if hasattr(s, f)]
-        return cls(**{n: getattr(s, n) for n in names})
-
-
-@dataclass
-class Observation:
-    """A user's fresh embedding, feature text and current segment (None if unassigned)."""
-
-    key: str
-    vector: np.ndarray
-    text: str = ""
-    previous: str | None = None
-
-
-@dataclass
-class Assignment:
-    """Where one observed user belongs now, and why it moved (if it did)."""
-
-    key: str
-    segment_id: str
-    previous_segment_id: str | None
-    changed: bool
-    reason: str  # first | moved | previous-retired | stayed
-    confidence: float
-    memberships: list[tuple[str, float]]
-    tier_path: list[str]
-    distance: float
-    previous_distance: float | None
-    margin: float
-    text: str = ""
-
-
-@dataclass
-class Segment:
-    """A fine segment's identity, lineage and description."""
-
-    id: str
-    anchor: np.ndarray
-    born_ms: int
-    born_version: int
-    origin: str  # cold-start | birth | split | refit
-    parents: list[str] = field(default_factory=list)
-    children: list[str] = field(default_factory=list)
-    merged_into: str | None = None
-    retired_ms: int | None = None
-    retired_version: int | None = None
-    family: str | None = None
-    size: int = 0
-    label: str = "unlabelled"
-    description: str = ""
-    top_terms: list[str] = field(default_factory=list)
-    terms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def active(self) -> bool:
-        return self.retired_ms is None
-
-
-@dataclass
-class Family:
-    """A tier-1 interest family: a stable id over a set of fine segments."""
-
-    id: str
-    members: set[str]
-    born_ms: int
-    retired_ms: int | None = None
-    label: str = "unlabelled"
-    description: str = ""
 
 
 class OnlineSegmenter:
@@ -258,8 +166,8 @@ class OnlineSegmenter:
         share = np.bincount(best.labels_, minlength=self.config.k) / len(X)
         self.counts = share * total
         self.version += 1
-        self._reconcile(self._distance_mapping(), before, now_ms, "refit")
-        self._event("refit", "", [], now_ms)
+        reconcile(self, distance_mapping(self), before, now_ms, "refit")
+        self.record_event("refit", "", [], now_ms)
         return self._assign_all(batch, X, now_ms)
 
     def _remember(self, batch: list[Observation]) -> None:
@@ -277,6 +185,21 @@ class OnlineSegmenter:
             raise ConfigError("the segmenter has not completed its cold start yet")
         x = self._prepare(np.asarray(vector)[None, :])
         return self._assign_one(Observation("", x[0], "", previous), self._dist(x)[0])
+
+    @_limited
+    def assign_many(self, observations: list[Observation]) -> list[Assignment]:
+        """Assign each observation as ``assign`` would (hysteresis against its
+        ``previous`` segment), in one matrix product; updates nothing (read-only)."""
+        if self.centres is None:
+            raise ConfigError("the segmenter has not completed its cold start yet")
+        if not observations:
+            return []
+        X = self._prepare(np.stack([np.asarray(o.vector) for o in observations]))
+        dist = self._dist(X)
+        weights = _memberships(dist)
+        slot_of = {sid: j for j, sid in enumerate(self.slot_ids)}
+        return [self._assign_one(o, d, w, slot_of)
+                for o, d, w in zip(observations, dist, weights, strict=True)]
 
     @_limited
     def fit(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
@@ -330,9 +253,9 @@ class OnlineSegmenter:
         self.version += 1
         if previous is not None:
             mapping = match_by_overlap(previous, labels)
-            self._reconcile(mapping, {}, now_ms, origin, reanchor=True)
+            reconcile(self, mapping, {}, now_ms, origin, reanchor=True)
         else:
-            self._reconcile(self._distance_mapping(), before, now_ms, origin)
+            reconcile(self, distance_mapping(self), before, now_ms, origin)
 
     def _step(self, X: np.ndarray, now_ms: int) -> None:
         assert self.centres is not None and self.counts is not None
@@ -354,7 +277,7 @@ class OnlineSegmenter:
         self.n_steps += 1
         self.version += 1
         self.last_shift = float(np.linalg.norm(self.centres - old, axis=1).max())
-        self._reconcile(self._distance_mapping(), before, now_ms, "birth")
+        reconcile(self, distance_mapping(self), before, now_ms, "birth")
 
     def _decay_factor(self, n: int) -> float:
         h = self.config.half_life_points
@@ -388,124 +311,11 @@ class OnlineSegmenter:
         return {sid: self.centres[j].copy() for j, sid in enumerate(self.slot_ids)}
 
     # ------------------------------------------------------------------ ids and lineage
-    def _distance_mapping(self) -> dict[int, str]:
-        """``{slot: id}`` for centres still within reach of an active id's anchor."""
-        assert self.centres is not None
-        ids = [sid for sid in self.slot_ids if self.segments[sid].active]
-        if not ids:
-            return {}
-        anchors = np.stack([self.segments[sid].anchor for sid in ids])
-        tau = self.config.id_change_ratio * spacing(self.centres)
-        return {j: ids[i] for j, i in match_by_distance(anchors, self.centres, tau).items()}
-
-    def _reconcile(self, mapping: dict[int, str], before: dict[str, np.ndarray], now_ms: int,
-                   origin: str, reanchor: bool = False) -> None:
-        assert self.centres is not None
-        old_ids = list(self.slot_ids)
-        new_ids: list[str] = []
-        born: list[int] = []
-        for j in range(len(self.centres)):
-            sid = mapping.get(j)
-            if sid is None:
-                sid = f"s{self.next_segment}"
-                self.next_segment += 1
-                self.segments[sid] = Segment(sid, self.centres[j].copy(), now_ms, self.version,
-                                             origin)
-                born.append(j)
-            elif reanchor:
-                self.segments[sid].anchor = self.centres[j].copy()
-            new_ids.append(sid)
-        self.slot_ids = new_ids
-        kept = {j for j in range(len(new_ids)) if j not in born}
-        tau2 = 2 * self.config.id_change_ratio * spacing(self.centres)
-        for j in born:
-            seg = self.segments[new_ids[j]]
-            near = self._nearest(self.centres[j], [k for k in kept])
-            if origin != "cold-start" and near is not None and near[1] <= tau2:
-                seg.origin, seg.parents = "split", [new_ids[near[0]]]
-                self.segments[new_ids[near[0]]].children.append(seg.id)
-            self._event("split" if seg.origin == "split" else "birth", seg.id, seg.parents,
-                        now_ms)
-        for sid in old_ids:
-            if sid in new_ids:
-                continue
-            seg = self.segments[sid]
-            seg.retired_ms, seg.retired_version = now_ms, self.version
-            seg.anchor, seg.terms = np.zeros(0), {}  # label and lineage stay, bulk goes
-            near = (self._nearest(before[sid], list(range(len(new_ids))))
-                    if sid in before else None)
-            if near is not None and near[1] <= tau2 and new_ids[near[0]] != sid:
-                seg.merged_into = new_ids[near[0]]
-                self._event("merge", sid, [sid], now_ms, into=seg.merged_into)
-            else:
-                self._event("retire", sid, [], now_ms)
-        changed = bool(born) or set(old_ids) != set(new_ids)
-        self._rebuild_families(now_ms, regroup=origin == "cold-start" or (
-            origin == "refit" and changed))
-
-    def _nearest(self, point: np.ndarray, slots: list[int]) -> tuple[int, float] | None:
-        assert self.centres is not None
-        if not slots:
-            return None
-        d = np.linalg.norm(self.centres[slots] - point, axis=1)
-        i = int(np.argmin(d))
-        return slots[i], float(d[i])
-
-    def _event(self, kind: str, sid: str, parents: list[str], now_ms: int,
-               into: str | None = None) -> None:
+    def record_event(self, kind: str, sid: str, parents: list[str], now_ms: int,
+                     into: str | None = None) -> None:
+        """Queue a lineage event for ``drain_events``."""
         self.events.append({"event": kind, "segment_id": sid, "parents": parents,
                             "into": into, "at_ms": now_ms, "centroids_version": self.version})
-
-    def _rebuild_families(self, now_ms: int, regroup: bool = False) -> None:
-        """Keep each segment in its family unless another family's centre is closer by the
-        hysteresis margin; new segments join the nearest family. A full Ward regrouping
-        (ids kept by Jaccard overlap) happens at (re)fits and when a family runs empty."""
-        assert self.centres is not None
-        n = family_count(self.config.k, self.config.families)
-        live = {f.id: f for f in self.families.values() if f.retired_ms is None}
-        if not regroup and len(live) == n:
-            slot = {sid: j for j, sid in enumerate(self.slot_ids)}
-            cents = {}
-            for fid, fam in live.items():
-                rows = [slot[s] for s in fam.members if s in slot]
-                if rows:
-                    cents[fid] = self.centres[rows].mean(axis=0)
-            if len(cents) == n:
-                fids = sorted(cents)
-                table = np.stack([cents[f] for f in fids])
-                groups: dict[str, set[str]] = {f: set() for f in fids}
-                for j, sid in enumerate(self.slot_ids):
-                    d = np.linalg.norm(table - self.centres[j], axis=1)
-                    best = fids[int(np.argmin(d))]
-                    cur = self.segments[sid].family
-                    if cur in cents and d[fids.index(cur)] * (
-                            1.0 - self.config.hysteresis_margin) <= d[fids.index(best)]:
-                        best = cur
-                    groups[best].add(sid)
-                if all(groups.values()):
-                    self._set_families(groups, live, now_ms)
-                    return
-        idx = group_centres(self.centres, n)
-        sets = [{self.slot_ids[j] for j in range(len(idx)) if idx[j] == g}
-                for g in sorted(set(idx))]
-        previous = {fid: f.members for fid, f in live.items()}
-        fams, self.next_family = stable_families(previous, sets, self.next_family)
-        self._set_families(fams, live, now_ms)
-
-    def _set_families(self, fams: dict[str, set[str]], live: dict[str, Family],
-                      now_ms: int) -> None:
-        for fid, members in fams.items():
-            if fid in self.families:
-                self.families[fid].members = members
-            else:
-                self.families[fid] = Family(fid, members, now_ms)
-                self._event("family-birth", fid, [], now_ms)
-            for sid in members:
-                self.segments[sid].family = fid
-        for fid in live:
-            if fid not in fams:
-                self.families[fid].retired_ms = now_ms
-                self._event("family-retire", fid, [], now_ms)
 
     def tier_path(self, sid: str) -> list[str]:
         fam = self.segments[sid].family
@@ -534,7 +344,7 @@ class OnlineSegmenter:
                 texts = True
             out.append(a)
         if texts or reset_sizes:
-            self._relabel()
+            seg_labels.relabel(self)
         return out
 
     def _assign_one(self, o: Observation, d: np.ndarray, w: np.ndarray | None = None,
@@ -571,99 +381,18 @@ class OnlineSegmenter:
             tier_path=self.tier_path(sid), distance=float(d[chosen]),
             previous_distance=prev_d, margin=margin, text=o.text)
 
-    def _relabel(self) -> None:
-        c = self.config
-        active = {sid: self.segments[sid].terms for sid in self.slot_ids}
-        ranked = seg_labels.ctfidf(active)
-        for sid, terms in ranked.items():
-            seg = self.segments[sid]
-            if not terms:
-                continue  # keep the previous label rather than blanking it
-            seg.label, seg.description = seg_labels.label_and_description(
-                terms, c.label_terms, c.description_terms)
-            seg.top_terms = seg_labels.pick_terms(terms, c.description_terms)
-        fam_terms: dict[str, dict[str, float]] = {}
-        for fid, fam in self.families.items():
-            if fam.retired_ms is not None:
-                continue
-            merged: dict[str, float] = {}
-            for sid in fam.members:
-                for t, n in self.segments[sid].terms.items():
-                    merged[t] = merged.get(t, 0.0) + n
-            fam_terms[fid] = merged
-        for fid, terms in seg_labels.ctfidf(fam_terms).items():
-            if terms:
-                fam = self.families[fid]
-                fam.label, fam.description = seg_labels.label_and_description(
-                    terms, c.label_terms, c.description_terms)
-
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The complete state as JSON-safe data (arrays as base64 float64)."""
-        segs = {}
-        for sid, seg in self.segments.items():
-            d = asdict(seg)
-            d["anchor"] = _enc(seg.anchor)
-            segs[sid] = d
-        return {
-            "format": STATE_FORMAT,
-            "config": asdict(self.config),
-            "centres": _enc(self.centres), "counts": _enc(self.counts),
-            "slot_ids": self.slot_ids, "segments": segs,
-            "families": {fid: {**asdict(f), "members": sorted(f.members)}
-                         for fid, f in self.families.items()},
-            "next_segment": self.next_segment, "next_family": self.next_family,
-            "version": self.version, "n_steps": self.n_steps,
-            "n_since_reassign": self.n_since_reassign, "n_seen": self.n_seen,
-            "inertia": self.inertia, "last_shift": self.last_shift,
-            "model_version": self.model_version,
-            "buffer": [{"key": o.key, "vector": _enc(o.vector), "text": o.text,
-                        "previous": o.previous} for o in self.buffer.values()],
-            "events": self.events, "recent": list(self.recent),
-            "since_refit": self.since_refit,
-        }
+        """The complete state as JSON-safe data (see ``state``)."""
+        return state.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OnlineSegmenter:
         """Rebuild a segmenter from ``to_dict`` output."""
-        if data.get("format") != STATE_FORMAT:
-            raise ConfigError(f"unknown segmenter state format {data.get('format')!r}")
-        self = cls(SegConfig(**data["config"]))
-        self.centres, self.counts = _dec(data["centres"]), _dec(data["counts"])
-        self.slot_ids = list(data["slot_ids"])
-        for sid, d in data["segments"].items():
-            vec = _dec(d.pop("anchor"))
-            assert vec is not None
-            self.segments[sid] = Segment(anchor=vec, **d)
-        for fid, d in data["families"].items():
-            self.families[fid] = Family(**{**d, "members": set(d["members"])})
-        for name in ("next_segment", "next_family", "version", "n_steps", "n_since_reassign",
-                     "n_seen", "inertia", "last_shift", "model_version", "events"):
-            setattr(self, name, data[name])
-        self.recent = dict.fromkeys(data.get("recent", []))
-        self.since_refit = int(data.get("since_refit", 0))
-        for o in data["buffer"]:
-            vec = _dec(o["vector"])
-            assert vec is not None
-            self.buffer[o["key"]] = Observation(o["key"], vec, o["text"], o["previous"])
-        return self
+        return state.from_dict(cls, data)
 
 
 def _memberships(dist: np.ndarray) -> np.ndarray:
     """Fuzzy c-means memberships (m = 2): weights proportional to 1 / distance²."""
     inv = 1.0 / np.maximum(dist, 1e-9) ** 2
     return inv / inv.sum(axis=1, keepdims=True)
-
-
-def _enc(a: np.ndarray | None) -> dict[str, Any] | None:
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a, dtype="<f8")
-    return {"shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
-
-
-def _dec(d: dict[str, Any] | None) -> np.ndarray | None:
-    if d is None:
-        return None
-    raw = base64.b64decode(d["b64"])
-    return np.frombuffer(raw, dtype="<f8").reshape(d["shape"]).copy()

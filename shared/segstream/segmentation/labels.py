@@ -13,8 +13,12 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+if TYPE_CHECKING:
+    from segstream.segmentation.core import OnlineSegmenter
 
 # Words of the feature-text template that never distinguish anyone.
 TEMPLATE_WORDS = frozenset({
@@ -102,3 +106,31 @@ def text_changes(old: str | None, new: str) -> dict[str, list[str]]:
         "added": [s for s in after if s not in before],
         "removed": [s for s in before if s not in after],
     }
+
+
+def relabel(model: OnlineSegmenter) -> None:
+    """Label and describe every active segment and live family of ``model`` from the
+    c-TF-IDF of their members' decayed term counts (a label without terms is kept)."""
+    c = model.config
+    ranked = ctfidf({sid: model.segments[sid].terms for sid in model.slot_ids})
+    for sid, found in ranked.items():
+        seg = model.segments[sid]
+        if not found:
+            continue  # keep the previous label rather than blanking it
+        seg.label, seg.description = label_and_description(found, c.label_terms,
+                                                           c.description_terms)
+        seg.top_terms = pick_terms(found, c.description_terms)
+    fam_terms: dict[str, dict[str, float]] = {}
+    for fid, fam in model.families.items():
+        if fam.retired_ms is not None:
+            continue
+        merged: dict[str, float] = {}
+        for sid in fam.members:
+            for t, n in model.segments[sid].terms.items():
+                merged[t] = merged.get(t, 0.0) + n
+        fam_terms[fid] = merged
+    for fid, found in ctfidf(fam_terms).items():
+        if found:
+            fam = model.families[fid]
+            fam.label, fam.description = label_and_description(found, c.label_terms,
+                                                               c.description_terms)
