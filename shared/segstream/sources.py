@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError
 from segstream.features import zone
 
 FIELDS = ("event_id", "user_id", "ts", "type", "item_id", "category", "title", "price",
@@ -73,7 +73,7 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError:
-                        raise ConfigError(f"{path.name}:{n}: not a JSON line") from None
+                        raise DataError(f"{path.name}:{n}: not a JSON line") from None
                     if isinstance(row, dict):
                         yield row
     elif suffix in (".csv", ".tsv", ".txt"):
@@ -91,7 +91,7 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
         try:
             table = pq.ParquetFile(path)
         except Exception as exc:  # pyarrow's errors have no common base worth naming
-            raise ConfigError(f"{path.name}: not a readable Parquet file ({exc})") from None
+            raise DataError(f"{path.name}: not a readable Parquet file ({exc})") from None
         for batch in table.iter_batches(batch_size=50_000):
             yield from batch.to_pylist()
     else:

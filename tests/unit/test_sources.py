@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from segstream.config import DEFAULT_EVENT_TYPES
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError
 from segstream.events import parse_event
 from segstream.sources import Mapping, ReadReport, load_items, parse_pairs, read_events
 
@@ -142,5 +142,5 @@ def test_parquet_files_read_like_csv(tmp_path: Path) -> None:
     assert events[2]["price"] == 2.5 and events[2]["type"] == "purchase"
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet")
-    with pytest.raises(ConfigError, match="not a readable Parquet file"):
+    with pytest.raises(DataError, match="not a readable Parquet file"):
         read_events(broken, mapping)

@@ -42,7 +42,7 @@ import numpy as np
 import redis
 
 from segstream.encoding import Encoder, text_hash, vec_from_bytes, vec_to_bytes
-from segstream.errors import ConfigError, InfraError
+from segstream.errors import InfraError, StateError
 from segstream.redis_io import Keys
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter
 
@@ -233,10 +233,10 @@ class Rollout:
         state = self.registry.read()
         if state.get("phase") in ("reembedding", "cutover") and \
                 state.get("target_version") != version:
-            raise ConfigError(f"a rollout to {state.get('target_version')} is in progress")
+            raise StateError(f"a rollout to {state.get('target_version')} is in progress")
         active = state.get("active_version") or current_version
         if version == active:
-            raise ConfigError(f"{version} is already the active model")
+            raise StateError(f"{version} is already the active model")
         self.registry.set(active_path=state.get("active_path") or current_path,
                           active_version=active, target_path=path, target_version=version,
                           phase="reembedding")
@@ -284,7 +284,7 @@ class Rollout:
         """Return to the previous model: its vectors, segmenter state and users' ids."""
         state = self.registry.read()
         if not state.get("previous_version"):
-            raise ConfigError("no previous model version to roll back to")
+            raise StateError("no previous model version to roll back to")
         lock = self.client.lock(self.sk.lock, timeout=lock_ttl_s,
                                 blocking_timeout=lock_ttl_s * 2)
         if not lock.acquire():
@@ -310,7 +310,7 @@ class Rollout:
 
         model, _, applied = store.read_state(self.client, self.sk)
         if model is None:
-            raise ConfigError("the segmenter has no state yet: nothing to migrate")
+            raise StateError("the segmenter has no state yet: nothing to migrate")
         pipe = self.client.pipeline(transaction=False)
         for uid in users:
             pipe.hgetall(self.keys.user(uid, source))
@@ -327,7 +327,7 @@ class Rollout:
                                      text.decode() if text else "",
                                      seg.get("segment_id") or None))
         if len(batch) < model.config.k:
-            raise ConfigError(f"{len(batch)} users have a {version} vector; the segmenter "
+            raise StateError(f"{len(batch)} users have a {version} vector; the segmenter "
                               f"needs at least k={model.config.k}")
         now = int(time.time() * 1000)
         new, assignments, report = migrate(model, batch, version, now)
@@ -346,7 +346,7 @@ class Rollout:
 
         raw = self.client.get(self.registry.prev_state)
         if raw is None:
-            raise ConfigError("the previous segmenter state is gone; roll out the previous "
+            raise StateError("the previous segmenter state is gone; roll out the previous "
                               "model directory instead")
         old = store.decode_model(raw)
         current, _, applied = store.read_state(self.client, self.sk)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from segstream.config import IngestSettings, Settings
-from segstream.errors import ConfigError, InvalidEvent
+from segstream.errors import ConfigError, DataError, InvalidEvent
 from segstream.events import Event, event_from_dict
 from segstream.sources import ReadReport
 from segstream_services.source_args import add_source_args, read_mapped
@@ -47,7 +47,7 @@ def load_events(args: argparse.Namespace, settings: Settings) -> tuple[list[Even
             key = f"invalid: {exc.reason}"
             report.skipped[key] = report.skipped.get(key, 0) + 1
     if not events:
-        raise ConfigError(f"{args.file}: no valid events (skipped: {report.skipped})")
+        raise DataError(f"{args.file}: no valid events (skipped: {report.skipped})")
     return events, report
 
 
@@ -126,7 +126,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         result = run_eval(events, ingest, embed, config,
                           progress=lambda msg: status.update(f"evaluating: {msg}"))
     if not result.splits_used:
-        raise ConfigError("no split had users with history before it and liked items after "
+        raise DataError("no split had users with history before it and liked items after "
                           "it; choose other --split-time values or a longer --horizon-days")
 
     table = Table(title=f"segstream eval: {len(result.splits_used)} split(s), "
@@ -194,7 +194,7 @@ def cmd_fit(settings: Settings, args: argparse.Namespace) -> int:
     with console.status(f"building profiles from {len(events):,} events"):
         profiles = build_profiles(events, ingest)
     if len(profiles) < 4:
-        raise ConfigError(f"{args.file}: {len(profiles)} users; need at least 4 to segment")
+        raise DataError(f"{args.file}: {len(profiles)} users; need at least 4 to segment")
     encoder_settings = settings.encoder
     if args.model:
         encoder_settings = encoder_settings.model_copy(update={"model_path": args.model})

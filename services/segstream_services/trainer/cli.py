@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from segstream.config import Settings
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError
 
 
 def register(sub: Any, run_sub: Any) -> None:
@@ -286,7 +286,7 @@ def cmd_finetune(settings: Settings, args: argparse.Namespace) -> int:
             n += per_user[u]
         pairs = [p for p in pairs if p.user_id in keep]
     if not pairs:
-        raise ConfigError("no user has two windows of --min-events events; lower "
+        raise DataError("no user has two windows of --min-events events; lower "
                           "--min-events or give more history")
     train, held = split_users(pairs, args.holdout, args.seed)
     used = [e.ts_ms for e in events if until is None or e.ts_ms < until]
