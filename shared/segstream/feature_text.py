@@ -2,8 +2,9 @@
 
 Every number is bucketed (``21-50 views``, ``worth 100-200``, shares rounded to 10%), lists
 are ordered by count then name, and nothing depends on the wall clock, so identical
-behaviour gives an identical text (what lets the encoder cache by text hash). Sections are
-added in priority order while they fit ``text_max_chars``. The text carries no user id and
+behaviour gives an identical text (what lets the encoder cache by text hash). Sections come
+interest first (top categories, then recent item titles, then the activity summary) and
+are added in that order while they fit ``text_max_chars``. The text carries no user id and
 no free text other than capped, cleaned item titles and category names. English by
 default; ``ingest.text_language = "zh"`` selects the Chinese template.
 """
@@ -117,10 +118,17 @@ def _en(features: Features, long: WindowFeatures, short: WindowFeatures | None,
         bucket = count_bucket(n)
         return f"{bucket} {one if bucket == '1' else many}"
 
+    parts = []
+    cats = _categories(long)
+    if cats:
+        named = [f"{c} ({p}%)" for c, p in cats]
+        joined = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+        parts.append(f"Mostly {joined}.")
+    parts.append(("Recently: " + ", ".join(titles) + ".") if titles else "")
     types = ", ".join(counted(n, clean_text(str(t), 20)) for t, n in long.types[:4])
     days = count_bucket(long.active_days)
-    parts = [f"Last {long.days} days: {count_bucket(long.events)} events on {days} "
-             f"day{'' if days == '1' else 's'} ({types})."]
+    parts.append(f"Last {long.days} days: {count_bucket(long.events)} events on {days} "
+                 f"day{'' if days == '1' else 's'} ({types}).")
     if long.purchases:
         text = f"Spent {money_bucket(long.spend)} on {counted(long.purchases, 'purchase')}"
         gap = recency_days(features.days_since_last_purchase)
@@ -131,11 +139,6 @@ def _en(features: Features, long: WindowFeatures, short: WindowFeatures | None,
         parts.append(text + ".")
     else:
         parts.append("No purchases.")
-    cats = _categories(long)
-    if cats:
-        named = [f"{c} ({p}%)" for c, p in cats]
-        joined = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
-        parts.append(f"Mostly {joined}.")
     times = _top_times(long)
     when = " and ".join(EN_TIMES[t] for t in times) if times else "at all times of day"
     week = {"weekend": "mostly on weekends", "weekday": "on weekdays",
@@ -146,8 +149,6 @@ def _en(features: Features, long: WindowFeatures, short: WindowFeatures | None,
         _one, many = EN_TYPES.get(top, (f"{top} event", f"{top} events"))
         parts.append(f"Last {short.days} days: {count_bucket(short.events)} events, "
                      f"mostly {clean_text(many, 30)}.")
-    if titles:
-        parts.append("Recently: " + ", ".join(titles) + ".")
     return parts
 
 
@@ -156,9 +157,14 @@ def _zh(features: Features, long: WindowFeatures, short: WindowFeatures | None,
     def kind(t: str) -> str:
         return ZH_TYPES.get(t, clean_text(str(t), 20))
 
+    parts = []
+    cats = _categories(long)
+    if cats:
+        parts.append("主要兴趣：" + "、".join(f"{c}（{p}%）" for c, p in cats) + "。")
+    parts.append(("最近：" + "、".join(titles) + "。") if titles else "")
     types = "，".join(f"{kind(t)}{count_bucket(n, '')}次" for t, n in long.types[:4])
-    parts = [f"近{long.days}天：共{count_bucket(long.events, '')}次行为，"
-             f"活跃{count_bucket(long.active_days, '')}天（{types}）。"]
+    parts.append(f"近{long.days}天：共{count_bucket(long.events, '')}次行为，"
+                 f"活跃{count_bucket(long.active_days, '')}天（{types}）。")
     if long.purchases:
         text = (f"消费金额{money_bucket(long.spend, '')}元，"
                 f"购买{count_bucket(long.purchases, '')}次")
@@ -170,9 +176,6 @@ def _zh(features: Features, long: WindowFeatures, short: WindowFeatures | None,
         parts.append(text + "。")
     else:
         parts.append("无购买。")
-    cats = _categories(long)
-    if cats:
-        parts.append("主要兴趣：" + "、".join(f"{c}（{p}%）" for c, p in cats) + "。")
     times = _top_times(long)
     when = "、".join(ZH_TIMES[t] for t in times) if times else "全天"
     week = {"weekend": "以周末为主", "weekday": "以工作日为主", "all": "全周均衡"}[
@@ -181,8 +184,6 @@ def _zh(features: Features, long: WindowFeatures, short: WindowFeatures | None,
     if short is not None and short.events:
         top = kind(short.types[0][0]) if short.types else "行为"
         parts.append(f"近{short.days}天：{count_bucket(short.events, '')}次行为，以{top}为主。")
-    if titles:
-        parts.append("最近：" + "、".join(titles) + "。")
     return parts
 
 
@@ -194,7 +195,12 @@ TEMPLATES: dict[str, tuple[Callable[..., list[str]], str, str]] = {
 
 
 def render(features: Features, settings: IngestSettings) -> str:
-    """The feature text of ``features`` under ``settings`` (language, caps)."""
+    """The feature text of ``features`` under ``settings`` (language, caps).
+
+    Interest first: the top categories, then the recent item titles, then the activity
+    summary. Titles are dropped from the end until the interest sections fit; the
+    remaining sections are added in order while they fit.
+    """
     build, sep, empty = TEMPLATES[settings.text_language]
     windows = sorted(features.windows, key=lambda w: w.days)
     if not windows or not _finite_int(windows[-1].events):
@@ -205,12 +211,28 @@ def render(features: Features, settings: IngestSettings) -> str:
     limit = settings.text_max_chars
     while True:
         parts = build(features, long, short, titles)
-        text = ""
-        for part in parts:
+        head = 1 if _categories(long) else 0   # parts[head] is the titles section
+        interest = sep.join(p for p in parts[:head + 1] if p)
+        if titles and len(interest) > limit:
+            titles = titles[:-1]  # drop titles from the end until the interest part fits
+            continue
+        text = interest[:limit]
+        for part in parts[head + 1:]:
             candidate = part if not text else text + sep + part
             if len(candidate) > limit:
                 break
             text = candidate
-        if len(text) <= limit and (not titles or text.endswith(parts[-1])):
-            return text or parts[0][:limit]
-        titles = titles[:-1]  # drop titles from the end until the titles section fits
+        return text or parts[head + 1][:limit]
+
+
+def interest_summary(features: Features, settings: IngestSettings) -> str:
+    """Only the interest sections of the feature text (top categories, recent titles):
+    what segment labels are drawn from, so that they name interests, not activity."""
+    windows = sorted(features.windows, key=lambda w: w.days)
+    if not windows:
+        return ""
+    long = windows[-1]
+    build, sep, _ = TEMPLATES[settings.text_language]
+    parts = build(features, long, None, _titles(features, settings.text_titles))
+    head = 1 if _categories(long) else 0
+    return sep.join(p for p in parts[:head + 1] if p)[:settings.text_max_chars]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from segstream.config import DEFAULT_EVENT_TYPES, IngestSettings
 from segstream.events import Event
-from segstream.feature_text import count_bucket, money_bucket, render, share
+from segstream.feature_text import count_bucket, interest_summary, money_bucket, render, share
 from segstream.features import (
     TIME_OF_DAY,
     Features,
@@ -64,9 +64,9 @@ def test_share_rounds_to_tens() -> None:
 
 def test_english_text_reads_well_and_hides_the_user() -> None:
     text = text_of(history("user-42", 1))
-    assert text.startswith("Last 30 days: 51-100 events on ")
-    assert "Mostly " in text and "electronics (" in text and "books (" in text
-    assert "Spent " in text and "Recently: " in text
+    assert text.startswith("Mostly electronics (")  # interest first: categories, titles,
+    assert "books (" in text and "Last 30 days: 51-100 events on " in text  # then activity
+    assert text.index("Recently: ") < text.index("Last 30 days") < text.index("Spent ")
     assert "user-42" not in text
     assert len(text) <= CFG.text_max_chars
 
@@ -81,19 +81,39 @@ def test_identical_behaviour_gives_identical_text() -> None:
 
 def test_chinese_template_renders() -> None:
     text = text_of(history("u", 2), ZH)
-    assert text.startswith("近30天：共51-100次行为")
-    assert "购买" in text and "消费金额" in text and "元" in text
-    assert "主要兴趣：" in text and "活跃时段：" in text
+    assert text.startswith("主要兴趣：")
+    assert text.index("最近：") < text.index("近30天：共51-100次行为") < text.index("消费金额")
+    assert "购买" in text and "元" in text and "活跃时段：" in text
     assert len(text) <= ZH.text_max_chars
 
 
-def test_length_cap_drops_titles_first() -> None:
+def test_length_cap_drops_activity_sections_before_interests() -> None:
     events = history("u", 3)
     full = text_of(events)
     short_cfg = CFG.model_copy(update={"text_max_chars": len(full) - 5})
     short = text_of(events, short_cfg)
     assert len(short) <= len(full) - 5
-    assert short.startswith(full.split(" Recently:")[0])
+    assert full.startswith(short)  # whole sections dropped from the end
+    assert full.split(" Last 30 days:")[0] in short  # categories and titles kept
+
+
+def test_titles_are_dropped_from_the_end_when_interests_alone_overflow() -> None:
+    events = history("u", 3)
+    interests = text_of(events).split(" Last 30 days:")[0]
+    tight = CFG.model_copy(update={"text_max_chars": len(interests) - 3})
+    text = text_of(events, tight)
+    assert text.startswith("Mostly ") and "Recently: " in text
+    assert len(text) <= len(interests) - 3
+    assert text.count(",") < interests.count(",")  # fewer titles, none cut mid-word
+
+
+def test_interest_summary_names_only_interests() -> None:
+    state = UserState()
+    for e in history("u", 4):
+        state.apply(increments(e, CFG), CFG)
+    summary = interest_summary(summarize(state, CFG), CFG)
+    assert summary.startswith("Mostly ") and "Recently: " in summary
+    assert "events" not in summary and "Spent" not in summary
 
 
 def test_user_without_events() -> None:
