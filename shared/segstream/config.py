@@ -68,6 +68,7 @@ class TopicSettings(BaseModel):
     segments: str = "segstream.segments"
     dlq: str = "segstream.events.dlq"
     catalog: str = "segstream.catalog"
+    assignments: str = "segstream.assignments"  # compacted: each user's current assignment
     events_partitions: int = Field(default=6, ge=1)
     segments_partitions: int = Field(default=6, ge=1)
 
@@ -171,6 +172,30 @@ class EncoderSettings(BaseModel):
     stream_maxlen: int = Field(default=500_000, ge=1_000)
 
 
+class InterestSettings(BaseModel):
+    """The interest view: a time-decayed, event-type-weighted mean of the user's item vectors.
+
+    ``half_life_days`` halves an event's weight per that many days before the user's newest
+    event (0 = no decay). ``type_weights`` weighs event types (unknown types:
+    ``other_weight``). ``center_items`` subtracts the catalogue's mean item vector before
+    aggregation (removes the direction every item text shares). ``view_weights`` weigh the
+    L2-normalised views in the combination the segmenter clusters on (interest vector,
+    feature-text embedding); a weight of 0 leaves a view out. Chosen by ``segstream eval``
+    on splits before the reported ones (see the README).
+    """
+
+    half_life_days: float = Field(default=90.0, ge=0)
+    type_weights: dict[str, float] = Field(default_factory=lambda: {
+        "purchase": 1.0, "cart": 0.6, "like": 0.6, "rate": 1.0, "play": 0.5, "share": 0.5,
+        "comment": 0.4, "click": 0.3, "view": 0.15})
+    other_weight: float = Field(default=0.2, ge=0)
+    center_items: bool = True
+    fallback: Literal["cooccurrence", "skip"] = "cooccurrence"
+    item_text_chars: int = Field(default=160, ge=16, le=2_000)
+    view_weights: dict[Literal["interest", "text"], float] = Field(
+        default_factory=lambda: {"interest": 1.0, "text": 0.5})
+
+
 class SegmenterSettings(BaseModel):
     """The segmenter service (``segstream run segmenter``) and its online clusterer."""
 
@@ -202,6 +227,21 @@ class SegmenterSettings(BaseModel):
     loyal_spend: float = Field(default=0.0, ge=0, description="0 = spend does not count")
 
 
+class ApiSettings(BaseModel):
+    """The read API (``segstream serve``) and the Python client's paging.
+
+    ``token``: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``
+    (``/metrics``, ``/healthz`` and the OpenAPI document stay open).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: SecretStr | None = None
+    page_size: int = Field(default=1_000, ge=1, le=10_000)
+    max_batch: int = Field(default=1_000, ge=1, le=100_000)
+    catalog_ttl_s: float = Field(default=5.0, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything a segstream process can be configured with."""
 
@@ -217,6 +257,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     segmenter: SegmenterSettings = Field(default_factory=SegmenterSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    interest: InterestSettings = Field(default_factory=InterestSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
