@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 
 from segstream.config import Settings
 from segstream.errors import ConfigError
@@ -26,32 +24,21 @@ def _apply_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 def cmd_run_encoder(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream_services.encoder.metrics import EncoderMetrics
+    from segstream.health import service_health
     from segstream_services.encoder.service import EncoderWorker
+    from segstream_services.runtime import metrics_port, run_service
 
     settings = _apply_overrides(settings, args)
-    metrics = EncoderMetrics()
-    worker = EncoderWorker(settings, metrics=metrics)
+    worker = EncoderWorker(settings)
     worker.encoder.warmup()
-    from segstream.health import service_health
-
-    metrics.serve(settings.encoder.metrics_port, health=service_health(settings, kafka=False))
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("%s: finishing the batch in hand, then exiting",
-                 signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     cfg = settings.encoder
-    log.info("encoder %s ready on %s (%s): claim_batch=%d max_wait_ms=%d lease_s=%.0f "
-             "cache=%s metrics_port=%s", worker.encoder.model_version, worker.encoder.device,
-             worker.encoder.dtype_name, cfg.claim_batch, cfg.max_wait_ms, cfg.lease_s,
-             "on" if cfg.cache_enabled else "off", cfg.metrics_port or "off")
-    worker.run(stop)
-    log.info("encoder stopped: %s", worker.summary())
+    log.info("encoder %s on %s (%s): claim_batch=%d max_wait_ms=%d lease_s=%.0f cache=%s",
+             worker.encoder.model_version, worker.encoder.device, worker.encoder.dtype_name,
+             cfg.claim_batch, cfg.max_wait_ms, cfg.lease_s, "on" if cfg.cache_enabled else "off")
+    run_service("encoder", worker, metrics=worker.metrics.base,
+                port=metrics_port(args, cfg.metrics_port),
+                health=service_health(settings, kafka=False, client=worker.client),
+                idle_exit_s=args.idle_exit, summary=lambda _: worker.summary())
     return 0
 
 
@@ -100,10 +87,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersAction) -> None:
     """Add ``run encoder`` and ``encode`` to the segstream CLI."""
+    from segstream_services.runtime import add_service_args
+
     help_ = ("Encode changed users' feature texts in micro-batches (claims dirty users from "
              "Redis, writes their embeddings, feeds the segmenter); SIGTERM finishes the "
              "batch in hand.")
     p = run_sub.add_parser("encoder", help=help_, description=help_)
+    add_service_args(p, "encoder")
     _model_options(p)
     p.set_defaults(func=cmd_run_encoder)
     help_ = "Embed texts with the configured encoder and print vectors and cosines."

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from segstream.metrics import ServiceMetrics
 
 # Where each claimed user's vector came from, or why it got none; ``lost_claim`` (the
@@ -51,8 +49,3 @@ class EncoderMetrics:
 
     def set_device(self, device: str, dtype: str, model_version: str) -> None:
         self.device.labels(device=device, dtype=dtype, model_version=model_version).set(1)
-
-    def serve(self, port: int, health: Any = None) -> None:
-        """Expose ``/metrics`` and ``/healthz`` (0 = off)."""
-        if port:
-            self.base.serve(port, health=health)

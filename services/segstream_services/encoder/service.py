@@ -69,6 +69,7 @@ class EncoderWorker:
                                 self.encoder.model_version)
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
+        self.stop_event = threading.Event()
         from segstream_services.encoder.rollout import ModelWatcher
 
         self.watcher = ModelWatcher(  # rollout/rollback: a new model without a restart
@@ -183,10 +184,21 @@ class EncoderWorker:
         self.metrics.queue_depth.labels(queue="claimed").set(claimed)
         self.metrics.oldest_dirty_age.set(age)
 
-    def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; the batch in hand is always finished first."""
+    def stop(self) -> None:
+        """Ask ``run`` to return after the batch in hand."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        """Release the Redis connections."""
+        self.client.close()
+
+    def run(self, idle_exit_s: float | None = None) -> None:
+        """Loop until ``stop()`` (or ``idle_exit_s`` seconds without a batch); the batch in
+        hand is always finished first."""
+        stop = self.stop_event
         idle_s = self.cfg.idle_poll_ms / 1000
         backoff = 0.5
+        idle_since = time.monotonic()
         while not stop.is_set():
             try:
                 result = self.step()
@@ -199,12 +211,15 @@ class EncoderWorker:
                 backoff = min(backoff * 2, 10.0)
                 continue
             if isinstance(result, BatchReport):
+                idle_since = time.monotonic()
                 log.debug("batch: %d users, %d encoded, %.3fs", result.users,
                           result.texts_encoded, result.seconds)
                 if result.seconds > self.cfg.lease_s / 2:
                     log.warning("a batch took %.1fs, over half the %.0fs lease: lower "
                                 "encoder.claim_batch or raise encoder.lease_s",
                                 result.seconds, self.cfg.lease_s)
+            elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                break
             elif result.wait_ms >= 0:
                 stop.wait(min(max(result.wait_ms, 1) / 1000, idle_s))
             else:

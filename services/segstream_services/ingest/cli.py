@@ -19,20 +19,20 @@ log = logging.getLogger("segstream.ingest")
 
 
 def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from segstream_services.ingest.service import IngestService
+    from segstream.health import service_health
+    from segstream_services.ingest.service import IngestService, RunStats
+    from segstream_services.runtime import metrics_port, run_service
 
     service = IngestService(settings)
-    if settings.ingest.metrics_port:
-        from segstream.health import HealthChecks, kafka_check, redis_check
 
-        health = HealthChecks(kafka=kafka_check(settings.kafka), redis=redis_check(service.redis))
-        service.metrics.service.serve(settings.ingest.metrics_port, health=health)
-        log.info("metrics and health on port %d (/metrics, /healthz)",
-                 settings.ingest.metrics_port)
-    service.install_signal_handlers()
-    stats = service.run(idle_exit_s=args.idle_exit)
-    outcomes = ", ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items()))
-    log.info("done: %d records, %d batches (%s)", stats.records, stats.batches, outcomes or "-")
+    def summary(stats: RunStats) -> str:
+        outcomes = ", ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items()))
+        return f"{stats.records} records, {stats.batches} batches ({outcomes or '-'})"
+
+    run_service("ingest", service, metrics=service.metrics.base,
+                port=metrics_port(args, settings.ingest.metrics_port),
+                health=service_health(settings, client=service.redis),
+                idle_exit_s=args.idle_exit, summary=summary)
     return 0
 
 
@@ -240,14 +240,14 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersAction) -> None:
     """Add ``run ingest``, ``produce``, ``replay`` and ``user`` to the segstream CLI."""
+    from segstream_services.runtime import add_service_args
     from segstream_services.source_args import add_source_args
 
     help_ = ("Consume behaviour events, clean them, keep per-user features in Redis and "
              "queue changed feature texts for the encoder; SIGTERM finishes the batch in "
              "hand, commits and exits.")
     p = run_sub.add_parser("ingest", help=help_, description=help_)
-    p.add_argument("--idle-exit", type=float, metavar="S",
-                   help="exit after S seconds without records (batch jobs, tests)")
+    add_service_args(p, "ingest")
     p.set_defaults(func=cmd_run_ingest)
 
     help_ = ("Produce a seeded synthetic event stream (users with known interest personas) "

@@ -17,7 +17,7 @@ class IngestMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         m = ServiceMetrics("ingest", registry)
-        self.service = m
+        self.base = self.service = m  # ``base`` as in the other services' metrics
         self.consumed = m.counter("ingest_records_consumed_total", "Kafka records consumed.")
         self.valid = m.counter("ingest_records_valid_total", "Records that passed validation.")
         self.dead_lettered = m.counter(

@@ -17,7 +17,6 @@ dead letter again); feature state is effectively once (see ``feature_store``).
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -257,14 +256,12 @@ class IngestService:
                     max(0, high - consumer.position(tp)))
         self.metrics.dirty_users.set(self.store.dirty_count())
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: finish the batch in hand, commit, leave the group, return."""
-        def stop(signum: int, _frame: Any) -> None:
-            log.info("signal %d: finishing the current batch", signum)
-            self.stop_event.set()
+    def stop(self) -> None:
+        """Ask ``run`` to finish the batch in hand, commit, leave the group and return."""
+        self.stop_event.set()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+    def close(self) -> None:
+        """Nothing left to release: ``run`` closes its Kafka clients itself."""
 
     def _connect_kafka(self) -> Any:
         cfg = self.cfg

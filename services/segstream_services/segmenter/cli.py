@@ -17,10 +17,14 @@ from segstream_services.segmenter import store
 
 def register(sub: Any, run_sub: Any) -> None:
     """Add ``run segmenter`` and ``segments`` to the ``segstream`` parser."""
+    from segstream_services.runtime import add_service_args
+
     p = run_sub.add_parser(
         "segmenter", help="Segment embedded users online and publish segment changes.",
         description="Read the embedded-users stream, update the online clusterer, publish "
-                    "segment changes and the segment catalog. Stops cleanly on SIGTERM.")
+                    "segment changes and the segment catalog; SIGTERM finishes the batch in "
+                    "hand, acknowledges it and exits.")
+    add_service_args(p, "segmenter")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
         "segments", help="List segments: id, tier path, label, size, description.",
@@ -32,11 +36,17 @@ def register(sub: Any, run_sub: Any) -> None:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from segstream.health import service_health
+    from segstream_services.runtime import metrics_port, run_service
     from segstream_services.segmenter.service import SegmenterService
 
     client = redis_client(settings.redis)
     check_redis(client)
-    SegmenterService(settings, client).run()
+    service = SegmenterService(settings, client)
+    run_service("segmenter", service, metrics=service.metrics.base,
+                port=metrics_port(args, settings.segmenter.metrics_port),
+                health=service_health(settings, client=client), idle_exit_s=args.idle_exit,
+                summary=lambda _: f"centroids version {service.model.version}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from segstream.metrics import Health, ServiceMetrics
+from segstream.metrics import ServiceMetrics
 
 OUTCOMES = ("processed", "duplicate", "coalesced", "applied-before", "missing-embedding",
             "model-mismatch", "invalid")
@@ -51,8 +51,3 @@ class SegmenterMetrics:
         for sid, n in sizes.items():
             self.size.labels(sid).set(n)
         self._sized = set(sizes)
-
-    def serve(self, port: int, health: Health | None = None) -> None:
-        """``/metrics`` (and ``/healthz`` with ``health``) on ``port``; 0 = off."""
-        if port:
-            self.base.serve(port, health=health)

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -36,7 +35,6 @@ from kafka.errors import KafkaError
 
 from segstream.config import Settings
 from segstream.errors import InfraError
-from segstream.health import service_health
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import Keys, redis_client
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter, SegConfig
@@ -109,19 +107,20 @@ class SegmenterService:
         self._entries: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ lifecycle
-    def run(self) -> None:
-        """Process batches until SIGTERM/SIGINT or ``stop()``; the batch in hand finishes."""
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop_event.set())
-        self.metrics.serve(self.s.metrics_port,
-                           health=service_health(self.settings, client=self.redis))
+    def run(self, idle_exit_s: float | None = None) -> None:
+        """Process batches until ``stop()`` (or ``idle_exit_s`` seconds without entries);
+        the batch in hand finishes. Signals and ``/metrics`` are the skeleton's
+        (``segstream_services.runtime``)."""
         self.ensure_group()
         log.info("segmenter %s reading %s as group %s", self.consumer, self.stream, self.s.group)
+        idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 try:
-                    self.step()
+                    if self.step():
+                        idle_since = time.monotonic()
+                    elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
                 except (redis.RedisError, KafkaError, InfraError, OSError) as exc:
                     log.warning("batch failed, will retry: %s", exc)
                     self._reset()
