@@ -62,7 +62,7 @@ class RedisSettings(BaseModel):
 
 
 class TopicSettings(BaseModel):
-    """Topic names and partition counts (DESIGN §4)."""
+    """Topic names and partition counts (docs/contracts.md)."""
 
     events: str = "segstream.events"
     segments: str = "segstream.segments"

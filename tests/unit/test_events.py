@@ -1,4 +1,4 @@
-"""The input event contract (DESIGN §4): what is accepted, and why the rest is refused."""
+"""The input event contract (docs/contracts.md): what is accepted, and why the rest is refused."""
 
 from __future__ import annotations
 
