@@ -21,7 +21,7 @@ from segstream.logs import configure_logging
 
 # Each service package may ship a ``cli`` module with ``register(sub, run_sub)``, which adds
 # its own subcommands to ``sub`` and its ``segstream run <name>`` entry to ``run_sub``.
-SERVICE_PACKAGES = ("ingest", "encoder", "segmenter", "offline", "trainer")
+SERVICE_PACKAGES = ("ingest", "encoder", "segmenter", "offline", "trainer", "api")
 
 
 class _Parser(argparse.ArgumentParser):

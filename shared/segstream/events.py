@@ -1,4 +1,4 @@
-"""The input event contract (DESIGN §4) and its validation.
+"""The input event contract (docs/contracts.md) and its validation.
 
 ``parse_event(raw, allowed_types)`` turns the bytes of one Kafka record into an ``Event``
 or raises ``InvalidEvent`` with a reason from ``REASONS`` (a small fixed set, usable as a

@@ -37,12 +37,15 @@ class TopicSpec:
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """The four segstream topics (DESIGN §4) with their settings."""
+    """The segstream topics (docs/contracts.md) with their settings."""
     return [
         TopicSpec(topics.events, topics.events_partitions, {"cleanup.policy": "delete"}),
         TopicSpec(topics.segments, topics.segments_partitions, {"cleanup.policy": "delete"}),
         TopicSpec(topics.dlq, 1, {"cleanup.policy": "delete"}),
         TopicSpec(topics.catalog, 1, {"cleanup.policy": "compact"}),
+        # each user's current assignment (key = user id, tombstone on forget): a new
+        # subscriber rebuilds the current state from offset 0 after the change feed expired
+        TopicSpec(topics.assignments, topics.segments_partitions, {"cleanup.policy": "compact"}),
     ]
 
 
