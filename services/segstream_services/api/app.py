@@ -52,6 +52,8 @@ class Problem(BaseModel):
     detail: str
 
 
+# module level: FastAPI resolves the endpoints' (string) annotations in this namespace
+_BEARER = HTTPBearer(auto_error=False, description="api.token, when configured")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "malformed id, cursor or body"},
     401: {"model": Problem, "description": "missing or wrong bearer token"},
@@ -65,9 +67,8 @@ def create_app(settings: Settings, client: SegmentClient | None = None,
     seg = client or SegmentClient(settings)
     metrics = metrics or ApiMetrics()
     token = settings.api.token.get_secret_value().encode() if settings.api.token else None
-    bearer = HTTPBearer(auto_error=False, description="api.token, when configured")
 
-    def authorize(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    def authorize(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
                   ) -> None:
         if token is None:
             return
