@@ -54,15 +54,21 @@ _TIERS = frozenset({"new", "active", "loyal", "at-risk", "dormant"})
 
 
 def check_user_id(user_id: object) -> str:
-    """The user id, or ``DataError`` (one line) when it cannot be one: not a string, empty,
-    longer than 128 characters, or holding control characters."""
-    if not isinstance(user_id, str) or not user_id:
+    """The user id as ingest stores it (NFC-normalised), or ``DataError`` (one line) when
+    no event could carry it: not a string, blank, longer than 128 characters, holding
+    control characters or surrogates, or ``{``/``}`` (reserved for key hash tags)."""
+    if not isinstance(user_id, str) or not user_id.strip():
         raise DataError("invalid user id: must be a non-empty string")
     if len(user_id) > MAX_USER_ID:
         raise DataError(f"invalid user id: longer than {MAX_USER_ID} characters")
-    if any(unicodedata.category(c) == "Cc" for c in user_id):
-        raise DataError("invalid user id: contains control characters")
-    return user_id
+    if user_id.isascii() and user_id.isprintable() and "{" not in user_id \
+            and "}" not in user_id:
+        return user_id
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in user_id):
+        raise DataError("invalid user id: contains control characters or surrogates")
+    if "{" in user_id or "}" in user_id:
+        raise DataError("invalid user id: contains { or } (never valid in events)")
+    return unicodedata.normalize("NFC", user_id)
 
 
 def check_segment_id(segment_id: object) -> str:
@@ -97,10 +103,11 @@ class SegmentClient:
         return self.get_many([user_id])[user_id]
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserSegment | None]:
-        """Current segments of many users in one pipelined round trip (input order kept;
-        None for a user with no assignment). The catalog, for labels, rides along when
+        """Current segments of many users in one pipelined round trip, keyed by the ids as
+        given (input order; None for a user with no assignment). The catalog, for labels, rides along when
         the cached copy is older than ``api.catalog_ttl_s``."""
-        ids = list(dict.fromkeys(check_user_id(u) for u in user_ids))
+        asked = {u: check_user_id(u) for u in user_ids}  # as given -> as stored
+        ids = list(dict.fromkeys(asked.values()))
         pipe = self.redis.pipeline(transaction=False)
         refresh = time.monotonic() - self._catalog_at > self.settings.api.catalog_ttl_s
         if refresh:
@@ -110,7 +117,8 @@ class SegmentClient:
         replies = self._execute(pipe)
         if refresh:
             self._set_catalog(replies.pop(0))
-        return {uid: self._user(uid, raw) for uid, raw in zip(ids, replies, strict=True)}
+        found = {uid: self._user(uid, raw) for uid, raw in zip(ids, replies, strict=True)}
+        return {given: found[stored] for given, stored in asked.items()}
 
     def _user(self, user_id: str, raw: dict[bytes, bytes]) -> UserSegment | None:
         h = {k.decode(): v.decode() for k, v in raw.items()}

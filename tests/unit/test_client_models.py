@@ -110,11 +110,16 @@ def test_cursor_round_trip_and_garbage() -> None:
             decode_cursor(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 129, "a\x00b", "line\nbreak", 42])
+@pytest.mark.parametrize("bad", ["", "  ", "x" * 129, "a\x00b", "line\nbreak", "\ud800",
+                                 "}u", "a{b}", 42])
 def test_malformed_user_ids_are_refused_in_one_line(bad: object) -> None:
     with pytest.raises(DataError, match="^invalid user id"):
         check_user_id(bad)
+
+
+def test_user_ids_are_read_as_ingest_stores_them() -> None:
     assert check_user_id("用户 42") == "用户 42"
+    assert check_user_id("caf\u0065\u0301") == "caf\u00e9"  # NFD -> NFC, as ingest does
 
 
 @pytest.mark.parametrize("bad", ["", "s", "x1", "s1a", "s-1", "s١"])

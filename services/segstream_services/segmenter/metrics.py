@@ -10,6 +10,8 @@ OUTCOMES = ("processed", "duplicate", "coalesced", "applied-before", "missing-em
             "model-mismatch", "invalid")
 REASONS = ("first", "moved", "previous-retired")
 LINEAGE = ("birth", "split", "merge", "retire", "family-birth", "family-retire", "refit")
+# sub-second to an hour: the bar is p99 <= 2 s; replays of history land in +Inf
+FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class SegmenterMetrics:
@@ -42,6 +44,9 @@ class SegmenterMetrics:
         self.version = m.gauge("segment_centroids_version", "Centroids version")
         self.batch = m.histogram("segmenter_batch_seconds", "Time to handle one batch",
                                  (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.freshness = m.histogram(
+            "freshness_seconds", "Event time of the user's newest event to its change "
+            "record acknowledged by Kafka", FRESHNESS_BUCKETS)
         self._sized: set[str] = set()
 
     def sizes(self, sizes: dict[str, int]) -> None:
