@@ -55,14 +55,18 @@ def add_service_args(parser: argparse.ArgumentParser, service: str) -> None:
                              f"{service}.metrics_port, {default})")
 
 
-def metrics_port(args: argparse.Namespace, configured: int) -> int:
-    """``--metrics-port`` when given, else the configured port."""
+def service_options(args: argparse.Namespace, configured_port: int
+                    ) -> tuple[int, float | None]:
+    """The metrics port (``--metrics-port`` or the configured one) and ``--idle-exit``,
+    checked before a service loads anything."""
     port = getattr(args, "metrics_port", None)
-    if port is None:
-        return configured
+    port = configured_port if port is None else port
     if not 0 <= port <= 65535:
         raise ConfigError(f"--metrics-port {port}: not a port number (0-65535)")
-    return int(port)
+    idle_exit_s = getattr(args, "idle_exit", None)
+    if idle_exit_s is not None and not idle_exit_s >= 0:
+        raise ConfigError(f"--idle-exit {idle_exit_s:g}: must be >= 0 seconds")
+    return int(port), idle_exit_s
 
 
 def run_service(name: str, service: Service, *, metrics: ServiceMetrics, port: int,
@@ -73,8 +77,6 @@ def run_service(name: str, service: Service, *, metrics: ServiceMetrics, port: i
     Returns what ``service.run`` returned. Signal handlers are installed only in the main
     thread (Python allows no other) and restored afterwards.
     """
-    if idle_exit_s is not None and idle_exit_s < 0:
-        raise ConfigError(f"--idle-exit {idle_exit_s:g}: must be >= 0 seconds")
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, _frame: object) -> None:

@@ -8,6 +8,10 @@ timestamp options, and read the file through ``read_mapped``.
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +40,13 @@ def add_source_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     p.add_argument("--tz", default="UTC", help="zone of timestamps written without one")
 
 
-def read_mapped(args: argparse.Namespace) -> tuple[list[dict[str, Any]], ReadReport]:
-    """The file's rows as contract dicts (mapped, joined, in event-time order)."""
+def read_mapped(args: argparse.Namespace, progress: bool = False
+                ) -> tuple[list[dict[str, Any]], ReadReport]:
+    """The file's rows as contract dicts (mapped, joined, in event-time order).
+
+    ``progress``: show rows read on stderr (when it is a terminal) while the file is read
+    and sorted.
+    """
     mapping = Mapping(columns=parse_pairs(args.map), constants=parse_pairs(args.set, "--set"),
                       ts_unit=args.ts_unit, ts_format=args.ts_format, timezone=args.tz)
     items = None
@@ -47,4 +56,31 @@ def read_mapped(args: argparse.Namespace) -> tuple[list[dict[str, Any]], ReadRep
         items = load_items(args.items, Mapping(columns=parse_pairs(args.items_map,
                                                                    "--items-map")))
     report = ReadReport()
-    return read_events(args.file, mapping, items, report), report
+    if not progress:
+        return read_events(args.file, mapping, items, report), report
+    with _rows_read(report, f"reading {Path(args.file).name}"):
+        return read_events(args.file, mapping, items, report), report
+
+
+@contextmanager
+def _rows_read(report: ReadReport, label: str) -> Iterator[None]:
+    """A progress line on stderr that follows ``report.rows`` until the block ends."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed:,} rows"),
+               TimeElapsedColumn())
+    done = threading.Event()
+    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(label, total=None)
+
+        def follow() -> None:
+            while not done.wait(0.2):
+                bar.update(task, completed=report.rows)
+
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from segstream.config import RedisSettings, Settings
 from segstream.redis_io import check_redis, redis_client
-from segstream_services.dev.localinfra import ensure_redis_installed
+from segstream_services.dev.local_redis import ensure_redis_installed
 from tests import tooling
 from tests.helpers import wait_until
 

@@ -27,7 +27,8 @@ from segstream.health import check_kafka
 from segstream.kafka_io import KafkaClients
 from segstream.logs import configure_logging
 from segstream.redis_io import Keys, check_redis, redis_client
-from segstream_services.dev.localinfra import LocalKafka, _sasl_overrides, ensure_redis_installed
+from segstream_services.dev.local_kafka import LocalKafka, _sasl_overrides
+from segstream_services.dev.local_redis import ensure_redis_installed
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -360,7 +361,7 @@ def test_ingest_service_runs_over_sasl(sasl_broker: Settings, unique: str,
     assert KAFKA_PASSWORD not in done.stdout + done.stderr
     client = redis_client(sasl_broker.redis.model_copy(update={"key_prefix": unique}))
     keys = Keys(unique)
-    assert all(client.get(keys.user(f"u{n}", "text")) for n in range(4))
+    assert all(client.get(keys.text(f"u{n}")) for n in range(4))
     client.close()
     consumer = clients.consumer(topics.dlq, group_id=None, consumer_timeout_ms=3000)
     dead = [r for r in consumer]

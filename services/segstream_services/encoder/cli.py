@@ -26,9 +26,10 @@ def _apply_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 def cmd_run_encoder(settings: Settings, args: argparse.Namespace) -> int:
     from segstream.health import service_health
     from segstream_services.encoder.service import EncoderWorker
-    from segstream_services.runtime import metrics_port, run_service
+    from segstream_services.runtime import run_service, service_options
 
     settings = _apply_overrides(settings, args)
+    port, idle_exit_s = service_options(args, settings.encoder.metrics_port)
     worker = EncoderWorker(settings)
     worker.encoder.warmup()
     cfg = settings.encoder
@@ -36,9 +37,8 @@ def cmd_run_encoder(settings: Settings, args: argparse.Namespace) -> int:
              worker.encoder.model_version, worker.encoder.device, worker.encoder.dtype_name,
              cfg.claim_batch, cfg.max_wait_ms, cfg.lease_s, "on" if cfg.cache_enabled else "off")
     run_service("encoder", worker, metrics=worker.metrics.base,
-                port=metrics_port(args, cfg.metrics_port),
-                health=service_health(settings, kafka=False, client=worker.client),
-                idle_exit_s=args.idle_exit, summary=lambda _: worker.summary())
+                port=port, health=service_health(settings, kafka=False, client=worker.client),
+                idle_exit_s=idle_exit_s, summary=lambda _: worker.summary())
     return 0
 
 

@@ -21,8 +21,9 @@ log = logging.getLogger("segstream.ingest")
 def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from segstream.health import service_health
     from segstream_services.ingest.service import IngestService, RunStats
-    from segstream_services.runtime import metrics_port, run_service
+    from segstream_services.runtime import run_service, service_options
 
+    port, idle_exit_s = service_options(args, settings.ingest.metrics_port)
     service = IngestService(settings)
 
     def summary(stats: RunStats) -> str:
@@ -30,9 +31,8 @@ def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
         return f"{stats.records} records, {stats.batches} batches ({outcomes or '-'})"
 
     run_service("ingest", service, metrics=service.metrics.base,
-                port=metrics_port(args, settings.ingest.metrics_port),
-                health=service_health(settings, client=service.redis),
-                idle_exit_s=args.idle_exit, summary=summary)
+                port=port, health=service_health(settings, client=service.redis),
+                idle_exit_s=idle_exit_s, summary=summary)
     return 0
 
 
@@ -131,7 +131,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from segstream_services.source_args import read_mapped
 
-    events, report = read_mapped(args)
+    events, report = read_mapped(args, progress=True)
     if args.limit:
         events = events[: args.limit]
     topic = args.topic or settings.topics.events

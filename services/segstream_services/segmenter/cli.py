@@ -37,15 +37,16 @@ def register(sub: Any, run_sub: Any) -> None:
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from segstream.health import service_health
-    from segstream_services.runtime import metrics_port, run_service
+    from segstream_services.runtime import run_service, service_options
     from segstream_services.segmenter.service import SegmenterService
 
+    port, idle_exit_s = service_options(args, settings.segmenter.metrics_port)
     client = redis_client(settings.redis)
     check_redis(client)
     service = SegmenterService(settings, client)
     run_service("segmenter", service, metrics=service.metrics.base,
-                port=metrics_port(args, settings.segmenter.metrics_port),
-                health=service_health(settings, client=client), idle_exit_s=args.idle_exit,
+                port=port, health=service_health(settings, client=client),
+                idle_exit_s=idle_exit_s,
                 summary=lambda _: f"centroids version {service.model.version}")
     return 0
 
