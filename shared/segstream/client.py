@@ -40,6 +40,7 @@ from segstream.client_models import (
     MembersPage,
     Segment,
     UserSegment,
+    VectorStatus,
     decode_cursor,
     encode_cursor,
 )
@@ -104,8 +105,8 @@ class SegmentClient:
 
     def get_many(self, user_ids: Iterable[str]) -> dict[str, UserSegment | None]:
         """Current segments of many users in one pipelined round trip, keyed by the ids as
-        given (input order; None for a user with no assignment). The catalog, for labels, rides along when
-        the cached copy is older than ``api.catalog_ttl_s``."""
+        given (input order; None for a user with no assignment). The catalog, for labels,
+        rides along when the cached copy is older than ``api.catalog_ttl_s``."""
         asked = {u: check_user_id(u) for u in user_ids}  # as given -> as stored
         ids = list(dict.fromkeys(asked.values()))
         pipe = self.redis.pipeline(transaction=False)
@@ -137,6 +138,36 @@ class SegmentClient:
             model_version=h.get("model_version") or None,
             centroids_version=int(h.get("centroids_version") or 0),
             updated_at=_iso_ms(h.get("assigned_ms")))
+
+    def vector_status(self, user_id: str) -> VectorStatus:
+        """Is the user's embedding current (its text, its model, nothing queued)? See
+        ``VectorStatus``; one pipelined round trip."""
+        from segstream.encoding import text_hash  # torch: only when asked
+
+        uid = check_user_id(user_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.emb(uid), ["model_version", "text_hash", "encoded_ms", "vec"])
+        pipe.get(self.keys.text(uid))
+        pipe.zscore(self.keys.dirty(), uid)
+        pipe.zscore(self.keys.claims(), uid)
+        pipe.hget(self.keys.model_registry(), "active_version")
+        pipe.hvals(self.keys.seg_catalog())
+        (mv, th, at, vec), text, dirty, claimed, active, catalog = self._execute(pipe)
+        model = mv.decode() if mv else None
+        serving = active.decode() if active else None
+        if serving is None:
+            versions = [json.loads(e).get("model_version") for e in catalog]
+            serving = max(set(versions) - {None}, key=versions.count, default=None)
+        embedded = bool(vec) and bool(th) and text is not None and \
+            th.decode() == text_hash(text.decode())
+        queued = dirty is not None or claimed is not None
+        on_model = None if serving is None or not vec else model == serving
+        return VectorStatus(
+            user_id=uid, present=bool(vec), model_version=model,
+            embedded_at=_iso_ms(at.decode() if at else None), text_is_embedded=embedded,
+            queued_for_encoding=queued, serving_model_version=serving,
+            model_is_serving=on_model,
+            current=bool(vec) and embedded and not queued and on_model is not False)
 
     # ------------------------------------------------------------------ segments
     def segments(self, include_retired: bool = False) -> list[Segment]:

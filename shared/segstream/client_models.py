@@ -141,6 +141,26 @@ class UserSegment(_Record):
     updated_at: datetime | None
 
 
+class VectorStatus(_Record):
+    """Whether a user's embedding is current, read from Redis alone (no service needed).
+
+    ``current``: there is a vector, it embeds the user's present feature text, the user
+    is not waiting for the encoder, and it was made by ``serving_model_version`` (the
+    rollout registry's active model, else the one the segment catalog was built with;
+    None when neither is known, and then the model does not count against ``current``).
+    """
+
+    user_id: str
+    present: bool
+    model_version: str | None
+    embedded_at: datetime | None
+    text_is_embedded: bool
+    queued_for_encoding: bool
+    serving_model_version: str | None
+    model_is_serving: bool | None
+    current: bool
+
+
 class MembersPage(_Record):
     """One page of a segment's members (user ids in byte order); ``next_cursor`` is None on
     the last page. Pages never repeat or skip a user who stays in the segment meanwhile."""

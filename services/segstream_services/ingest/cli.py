@@ -172,6 +172,9 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
     from segstream_services.segmenter.cli import user_segment_info
 
     segment = user_segment_info(settings, client, user_id)
+    from segstream.client import SegmentClient
+
+    vector = SegmentClient(settings, redis_conn=client).vector_status(user_id)
     return {
         "user_id": user_id,
         "found": True,
@@ -184,6 +187,7 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
             "queued_for_encoding": dirty_score is not None,
             "redis_bytes": store.memory_usage(user_id),
         },
+        "vector": vector.model_dump(mode="json", exclude={"user_id"}),
         "segment": segment or {"status": "not assigned yet"},
         "features": windows,
     }
