@@ -119,6 +119,8 @@ _DECODER = msgspec.json.Decoder(_Wire)
 # superset of every way a contract field can be written, so unique matches prove no field
 # is repeated (repeats, or look-alikes inside strings, go to the exact check).
 _KEY = re.compile(rb'"((?:[a-z_]|\\u00[0-9a-fA-F]{2})+)"\s*:')
+# Every key of an object, at any depth (a quoted string followed by a colon is a key).
+_ANY_KEY = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:')
 # Characters an identifier may not hold: C0/C1 controls, DEL, line/paragraph separators
 # and lone surrogates (the last only reach here through the stdlib decoder or a file).
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -214,12 +216,34 @@ def _decode_exactly(text: str) -> tuple[Any, list[tuple[str, Any]] | None]:
     return obj, objects[-1] if isinstance(obj, dict) else None
 
 
-def _check_repeats(pairs: list[tuple[str, Any]] | None) -> None:
+def _check_repeats(pairs: list[tuple[str, Any]] | None,
+                   names: Collection[str] | None = FIELDS) -> None:
+    """Refuse a key of ``names`` (None: any key) given twice in the top-level object."""
     seen: set[str] = set()
     for key, _ in pairs or ():
-        if key in seen and key in FIELDS:
-            raise InvalidEvent("duplicate_key", f"{key} appears more than once")
+        if key in seen and (names is None or key in names):
+            raise InvalidEvent("duplicate_key", f"{key[:40]} appears more than once")
         seen.add(key)
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """One JSON object (e.g. a line of a file) under the record rules: UTF-8, no
+    NaN/Infinity, no key given twice at the top level, nesting within the decoder's limit.
+
+    Raises ``InvalidEvent`` with the reason (``not_object`` for other JSON values).
+    """
+    try:
+        obj = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeError):
+        obj, pairs = _decode_exactly(_text(raw))
+        _check_repeats(pairs, None)
+    else:
+        keys = _ANY_KEY.findall(raw)
+        if len(set(keys)) != len(keys) or b"\\" in raw:
+            _check_repeats(_decode_exactly(_text(raw))[1], None)
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_object", f"JSON {type(obj).__name__} instead of an object")
+    return obj
 
 
 def event_from_dict(obj: Any, allowed_types: Collection[str]) -> Event:

@@ -9,21 +9,31 @@ the zone given to timestamps written without one. Files without an event id get 
 deterministic one from the row's content (plus its occurrence count), so replaying the
 same file twice is deduplicated downstream. An optional item table joins titles and
 categories by item id (MovieLens: ``ratings.csv`` + ``movies.csv``).
+
+Files ending in ``.gz`` (``events.csv.gz``, ``events.jsonl.gz``, ``events.tsv.gz``) are
+decompressed while they are read, never whole in memory. A row that cannot become an event
+(a line that is not JSON or repeats a key, bytes that are not UTF-8, a CSV row the parser
+refuses, a timestamp or number beyond any range) is skipped and counted by reason in the
+``ReadReport``; only a file that cannot be read at all raises.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import math
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from segstream.errors import ConfigError, DataError
+from segstream.errors import ConfigError, DataError, InvalidEvent
+from segstream.events import INT64_MAX, decode_object
 from segstream.features import zone
 
 FIELDS = ("event_id", "user_id", "ts", "type", "item_id", "category", "title", "price",
@@ -64,39 +74,99 @@ class Mapping:
         zone(self.timezone)
 
 
-def _rows(path: Path) -> Iterator[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise DataError(f"{path.name}:{n}: not a JSON line") from None
-                    if isinstance(row, dict):
-                        yield row
-    elif suffix in (".csv", ".tsv", ".txt"):
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            sample = fh.read(8192)
-            fh.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-            except csv.Error:
-                dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
-            yield from csv.DictReader(fh, dialect=dialect)
-    elif suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+JSONL = (".jsonl", ".ndjson", ".json")
+DELIMITED = (".csv", ".tsv", ".txt")
+PARQUET = (".parquet", ".pq")
+TS_ABS_MAX = 1e18  # no numeric timestamp in any unit is this large
+_SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes under surrogateescape
 
+
+@dataclass(frozen=True)
+class Skip:
+    """A row that cannot be read, with the reason it is counted under."""
+
+    why: str
+
+
+def _kind(path: Path) -> tuple[str, bool]:
+    """The file's format suffix (inner one for ``.gz``) and whether it is gzip-compressed."""
+    suffixes = [x.lower() for x in path.suffixes]
+    compressed = bool(suffixes) and suffixes[-1] == ".gz"
+    if compressed:
+        suffixes.pop()
+    return (suffixes[-1] if suffixes else ""), compressed
+
+
+def _open(path: Path, compressed: bool, text: bool) -> IO[Any]:
+    opener: Any = gzip.open if compressed else open
+    if text:
+        return opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return opener(path, "rb")
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any] | Skip]:
+    """The rows of a file as dicts, or ``Skip`` for each row that cannot be read."""
+    suffix, compressed = _kind(path)
+    if suffix not in JSONL + DELIMITED + PARQUET or (compressed and suffix in PARQUET):
+        raise ConfigError(f"{path.name}: unsupported file type (use .csv, .tsv, .jsonl or "
+                          ".parquet; .csv, .tsv and .jsonl may be gzip-compressed, .gz)")
+    if suffix in PARQUET:
+        yield from _parquet_rows(path)
+        return
+    try:
+        yield from (_json_rows if suffix in JSONL else _delimited_rows)(path, compressed)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path.name}: not a readable gzip file ({exc})") from None
+
+
+def _json_rows(path: Path, compressed: bool) -> Iterator[dict[str, Any] | Skip]:
+    with _open(path, compressed, text=False) as fh:
+        for n, line in enumerate(fh, 1):
+            if n == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if not line.strip():
+                continue
+            try:
+                yield decode_object(line)
+            except InvalidEvent as exc:
+                yield Skip(exc.reason.replace("_", " ").replace("json", "JSON")
+                           .replace("utf8", "UTF-8"))
+
+
+def _delimited_rows(path: Path, compressed: bool) -> Iterator[dict[str, Any] | Skip]:
+    with _open(path, compressed, text=True) as fh:
+        sample = fh.read(8192)
+        fh.seek(0)
         try:
-            table = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow's errors have no common base worth naming
-            raise DataError(f"{path.name}: not a readable Parquet file ({exc})") from None
-        for batch in table.iter_batches(batch_size=50_000):
-            yield from batch.to_pylist()
-    else:
-        raise ConfigError(f"{path.name}: unsupported file type "
-                          "(use .csv, .tsv, .jsonl or .parquet)")
+            dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel_tab if path.name.lower().endswith((".tsv", ".tsv.gz")) \
+                else csv.excel
+        reader = csv.DictReader(fh, dialect=dialect, restkey="(extra fields)")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:  # e.g. a field over the csv module's size limit
+                yield Skip("bad CSV row")
+                continue
+            if any(_SURROGATE.search(v) for v in row.values()
+                   if isinstance(v, str) and not v.isascii()):
+                yield Skip("not UTF-8")
+                continue
+            yield row
+
+
+def _parquet_rows(path: Path) -> Iterator[dict[str, Any] | Skip]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow's errors have no common base worth naming
+        raise DataError(f"{path.name}: not a readable Parquet file ({exc})") from None
+    for batch in table.iter_batches(batch_size=50_000):
+        yield from batch.to_pylist()
 
 
 def to_epoch_ms(value: Any, mapping: Mapping) -> int | None:
@@ -109,7 +179,9 @@ def to_epoch_ms(value: Any, mapping: Mapping) -> int | None:
             value = float(text)
         except ValueError:
             return _text_ts(text, mapping)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not abs(value) < TS_ABS_MAX:  # also NaN and infinities; ints of any size compare
         return None
     unit = mapping.ts_unit
     if unit == "auto":
@@ -123,11 +195,11 @@ def _text_ts(text: str, mapping: Mapping) -> int | None:
             parsed = datetime.strptime(text, mapping.ts_format)
         else:
             parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=zone(mapping.timezone))
+        return int(parsed.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone(mapping.timezone))
-    return int(parsed.timestamp() * 1000)
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -159,12 +231,13 @@ def load_items(path: str | Path, mapping: Mapping) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
-    for n, row in enumerate(_rows(path)):
-        if n == 0:
-            missing = [c for c in mapping.columns.values() if c not in row]
-            if missing:
-                raise ConfigError(f"{path.name}: no column {missing[0]!r} "
-                                  f"(columns: {', '.join(map(str, row))[:200]})")
+    checked = False
+    for row in _rows(path):
+        if isinstance(row, Skip):
+            continue
+        if not checked:
+            _check_columns(path, mapping, row)
+            checked = True
         item_id = row.get(mapping.columns.get("item_id", "item_id"))
         if item_id in (None, ""):
             continue
@@ -178,10 +251,12 @@ def load_items(path: str | Path, mapping: Mapping) -> dict[str, dict[str, Any]]:
 def read_events(path: str | Path, mapping: Mapping | None = None,
                 items: dict[str, dict[str, Any]] | None = None,
                 report: ReadReport | None = None) -> list[dict[str, Any]]:
-    """All events of a CSV/JSONL file as contract dicts, sorted by event time (stable).
+    """All events of a CSV/TSV/JSONL (maybe ``.gz``) or Parquet file as contract dicts,
+    sorted by event time (stable).
 
-    ``ts`` is epoch milliseconds. Rows without a user, item or readable timestamp are
-    skipped and counted in ``report``; other odd values are passed on for validation.
+    ``ts`` is epoch milliseconds. Rows that cannot be read, or lack a user, item or readable
+    timestamp, or hold a number beyond any range, are skipped and counted by reason in
+    ``report``; other odd values are passed on for validation.
     """
     path = Path(path)
     if not path.is_file():
@@ -193,11 +268,11 @@ def read_events(path: str | Path, mapping: Mapping | None = None,
     checked = False
     for row in _rows(path):
         report.rows += 1
+        if isinstance(row, Skip):
+            _skip(report, row.why)
+            continue
         if not checked:
-            missing = [c for c in mapping.columns.values() if c not in row]
-            if missing:
-                raise ConfigError(f"{path.name}: no column {missing[0]!r} "
-                                  f"(columns: {', '.join(map(str, row))[:200]})")
+            _check_columns(path, mapping, row)
             checked = True
         event: dict[str, Any] = {}
         for name in FIELDS:
@@ -222,9 +297,15 @@ def read_events(path: str | Path, mapping: Mapping | None = None,
         if items and event["item_id"] in items:
             for name, value in items[event["item_id"]].items():
                 event.setdefault(name, value)
+        out_of_range = None
         for name, kind in NUMERIC.items():
             if name in event:
                 event[name] = _number(event[name], kind)
+                if _out_of_range(event[name]):
+                    out_of_range = name
+        if out_of_range:
+            _skip(report, f"{out_of_range} out of range")
+            continue
         event.setdefault("type", "view")
         if "event_id" not in event:
             digest = hashlib.blake2b(json.dumps(row, sort_keys=True, default=str).encode(),
@@ -235,6 +316,20 @@ def read_events(path: str | Path, mapping: Mapping | None = None,
     events.sort(key=lambda e: e["ts"])
     report.events = len(events)
     return events
+
+
+def _check_columns(path: Path, mapping: Mapping, row: dict[str, Any]) -> None:
+    missing = [c for c in mapping.columns.values() if c not in row]
+    if missing:
+        raise ConfigError(f"{path.name}: no column {missing[0]!r} "
+                          f"(columns: {', '.join(map(str, row))[:200]})")
+
+
+def _out_of_range(value: Any) -> bool:
+    """A number no event field can hold (NaN, infinite, or an integer beyond int64)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) > INT64_MAX if isinstance(value, int) else not math.isfinite(value)
 
 
 def _skip(report: ReadReport, why: str) -> None:

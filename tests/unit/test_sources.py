@@ -144,3 +144,110 @@ def test_parquet_files_read_like_csv(tmp_path: Path) -> None:
     broken.write_bytes(b"not parquet")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         read_events(broken, mapping)
+
+
+# ---- gzip, and rows that cannot become events -----------------------------------------------
+
+def test_gzip_files_read_like_plain_ones(tmp_path: Path) -> None:
+    import gzip
+
+    plain = read_events(write(tmp_path, "retail.csv", RETAIL), RETAIL_MAP)
+    with gzip.open(tmp_path / "retail.csv.gz", "wt", encoding="utf-8") as fh:
+        fh.write(RETAIL)
+    assert read_events(tmp_path / "retail.csv.gz", RETAIL_MAP) == plain
+    tsv = RETAIL.replace(",", "\t")
+    with gzip.open(tmp_path / "retail.TSV.GZ", "wt", encoding="utf-8") as fh:
+        fh.write(tsv)
+    assert read_events(tmp_path / "retail.TSV.GZ", RETAIL_MAP) == plain
+    rows = [{"user_id": "u", "ts": 1_700_000_000_000 + i, "item_id": f"i{i}"} for i in range(3)]
+    with gzip.open(tmp_path / "e.jsonl.gz", "wb") as fh:
+        fh.write(b"\n".join(json.dumps(r).encode() for r in rows))
+    assert [e["item_id"] for e in read_events(tmp_path / "e.jsonl.gz")] == ["i0", "i1", "i2"]
+
+
+def test_gzip_is_decompressed_while_reading_not_first(tmp_path: Path) -> None:
+    import gzip
+    import tracemalloc
+
+    from segstream.sources import _rows
+
+    path = tmp_path / "big.csv.gz"
+    line = "user_id,ts,item_id\n" + "u,1700000000000,item-with-a-longish-name\n" * 1000
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for _ in range(1200):  # ~50 MB once decompressed
+            fh.write(line)
+    tracemalloc.start()
+    try:
+        rows = _rows(path)
+        first = next(rows)
+        _, peak = tracemalloc.get_traced_memory()
+        rows.close()
+    finally:
+        tracemalloc.stop()
+    assert first == {"user_id": "u", "ts": "1700000000000", "item_id": "item-with-a-longish-name"}
+    assert peak < 2_000_000
+
+
+def test_broken_gzip_is_a_one_line_data_error(tmp_path: Path) -> None:
+    import gzip
+
+    fake = tmp_path / "e.csv.gz"
+    fake.write_bytes(b"user_id,ts,item_id\nu,1,i\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b'{"user_id": "u", "ts": 1700000000000, "item_id": "i"}\n'
+                                  * 5000)[:-200])
+    for path in (fake, cut):
+        with pytest.raises(DataError, match="not a readable gzip file") as caught:
+            read_events(path)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="unsupported file type"):
+        read_events(write(tmp_path, "e.parquet.gz", "x"))
+
+
+def test_hostile_jsonl_lines_are_counted_skips(tmp_path: Path) -> None:
+    ok = b'{"user_id": "u", "ts": 1700000000000, "item_id": "i"}'
+    lines = [
+        b"\xef\xbb\xbf" + ok,                                       # BOM on the first line
+        b'{"user_id": "u", "ts": 1700000000000, "item_id": "i", "user_id": "v"}',
+        b'{"user_id": "u", "ts": ' + b"9" * 400 + b', "item_id": "i"}',
+        b'{"user_id": "u", "ts": 1700000000000, "item_id": "i", "quantity": ' + b"9" * 5000
+        + b"}",
+        b'{"user_id": "u", "ts": 1700000000000, "item_id": "i", "price": ' + b"9" * 400 + b"}",
+        b'{"user_id": "u", "ts": 1700000000000, "item_id": "i", "price": NaN}',
+        b'{"user_id": "u", "ts": 1700000000000, "item_id": "i", "x": ' + b"[" * 10_000
+        + b"]" * 10_000 + b"}",
+        b'{"user_id": "\xff\xfe", "ts": 1700000000000, "item_id": "i"}',
+        b"[1, 2, 3]",
+        b"not json at all",
+        b'{"user_id": "u", "ts": 1e400, "item_id": "i"}',
+        ok,
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = ReadReport()
+    events = read_events(path, report=report)
+    assert len(events) == 2 and report.rows == len(lines) and report.events == 2
+    assert report.skipped == {"duplicate key": 1, "unreadable ts": 2, "quantity out of range": 1,
+                              "price out of range": 1, "bad value": 1, "too deep": 1,
+                              "not UTF-8": 1, "not object": 1, "not JSON": 1}
+    assert sum(report.skipped.values()) == report.rows - report.events
+
+
+def test_hostile_csv_rows_are_counted_skips(tmp_path: Path) -> None:
+    head = b"user_id,ts,item_id,price,quantity\n"
+    rows = [b"u,1700000000000,i,1,1",
+            b"\xff\xfeu,1700000000000,i,1,1",                      # not UTF-8
+            b"u," + b"9" * 400 + b",i,1,1",                        # ts beyond any unit
+            b"u,1700000000000,i,1e400,1",                          # price overflows
+            b"u,1700000000000,i,1," + b"9" * 5000,                 # quantity beyond int64
+            b"u,1700000000000,i,1,1,surplus,fields",               # kept: extra columns
+            b'u,1700000000000,i,"' + b"x" * 200_000 + b'",1',      # field over csv's limit
+            b"u,1700000000000,i,2,2"]
+    path = tmp_path / "hostile.csv"
+    path.write_bytes(head + b"\n".join(rows) + b"\n")
+    report = ReadReport()
+    events = read_events(path, report=report)
+    assert report.skipped == {"not UTF-8": 1, "unreadable ts": 1, "price out of range": 1,
+                              "quantity out of range": 1, "bad CSV row": 1}
+    assert len(events) == 3 and report.rows == len(rows)
+    assert len({e["event_id"] for e in events}) == 3
