@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -12,6 +17,7 @@ import pytest
 from segstream.config import Settings
 from segstream.health import HealthChecks, HealthError, kafka_check, redis_check, service_health
 from segstream.metrics import ServiceMetrics
+from tests.helpers import create_event_topics
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +120,69 @@ def test_listen_address_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     finally:
         server.shutdown()
         server.server_close()
+
+
+def wait_for_health(url: str, proc: subprocess.Popen[str], deadline_s: float = 120) -> dict:
+    """Poll ``url`` until it answers 200 (the service may still be starting)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            status, body = get(url)
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.3)
+            continue
+        if status == 200:
+            return json.loads(body)
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never answered 200")
+
+
+def service_env(infra: Settings, unique: str) -> dict[str, str]:
+    """The environment of a service run of its own: topics, group, key prefix."""
+    topics = infra.topics.model_copy(update={"events": f"{unique}.events",
+                                             "dlq": f"{unique}.events.dlq"})
+    create_event_topics(infra.model_copy(update={"topics": topics}), 1)
+    return {**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": unique,
+            "SEGSTREAM_TOPICS__EVENTS": topics.events, "SEGSTREAM_TOPICS__DLQ": topics.dlq,
+            "SEGSTREAM_INGEST__GROUP_ID": unique, "SEGSTREAM_SEGMENTER__GROUP": unique}
+
+
+@pytest.mark.parametrize(("service", "checks"), [
+    ("ingest", {"kafka", "redis"}), ("segmenter", {"kafka", "redis"})])
+def test_sigterm_stops_a_running_service_cleanly_after_serving_healthz(
+        infra: Settings, unique: str, service: str, checks: set[str]) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segstream_services.cli", "run", service, "--metrics-port",
+         str(port)], env=service_env(infra, unique), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        body = wait_for_health(f"http://127.0.0.1:{port}/healthz", proc)
+        assert body["service"] == service and set(body["checks"]) == checks
+        status, text = get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and b"segstream_" in text
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"{service}: SIGTERM finishes the batch in hand" in err
+    assert f"{service} stopped:" in err
+    with socket.socket() as probe:  # the metrics server went with the process
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("service", ["ingest", "encoder", "segmenter"])
+def test_idle_exit_ends_every_service_by_itself(infra: Settings, unique: str,
+                                                service: str) -> None:
+    env = {**service_env(infra, unique), "SEGSTREAM_ENCODER__DEVICE": "cpu",
+           "SEGSTREAM_ENCODER__TORCH_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "segstream_services.cli", "run", service, "--idle-exit", "1",
+         "--metrics-port", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{service} running (metrics and health: off; exits after 1s idle)" in done.stderr
+    assert f"{service} stopped:" in done.stderr

@@ -20,6 +20,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         ("no-such-command",),
         ("status", "--no-such-flag"),
         ("--config", "/nonexistent/segstream.toml", "status"),
+        ("run", "ingest", "--metrics-port", "99999"),
+        ("run", "encoder", "--idle-exit", "-1"),
+        ("run", "segmenter", "--idle-exit", "soon"),
+        ("replay", "/nonexistent/events.csv"),
+        ("produce", "--synthetic", "--users", "0"),
     ],
 )
 def test_bad_input_is_one_line(args: tuple[str, ...]) -> None:
@@ -49,3 +54,12 @@ def test_help_explains_each_command_and_never_shows_secrets() -> None:
         sub = run(command, "--help", env=env)
         assert sub.returncode == 0 and "usage: segstream" in sub.stdout
         assert "hunter2" not in sub.stdout + sub.stderr
+
+
+@pytest.mark.parametrize("service", ["ingest", "encoder", "segmenter"])
+def test_every_service_takes_the_same_run_flags(service: str) -> None:
+    done = run("run", service, "--help")
+    assert done.returncode == 0, done.stderr
+    for flag in ("--idle-exit", "--metrics-port"):
+        assert flag in done.stdout, f"run {service} lacks {flag}"
+    assert ("--model" in done.stdout) == (service == "encoder")
