@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segstream.config import Settings
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError
 
 DESCRIPTION = (
     "Self-supervised fine-tuning, symmetric InfoNCE with in-batch negatives. "
@@ -158,7 +158,7 @@ def _window_pairs(args: argparse.Namespace, events: list, ingest: Any, until: in
                 n += per_user[u]
         pairs = [p for p in pairs if p.user_id in keep]
     if not pairs:
-        raise ConfigError("no user has two windows of --min-events events; lower "
+        raise DataError("no user has two windows of --min-events events; lower "
                           "--min-events or give more history")
     train, held = split_users(pairs, args.holdout or 0.15, args.seed)
     info = {"feature_windows_days": list(ingest.windows_days),
@@ -184,7 +184,7 @@ def _item_pairs(args: argparse.Namespace, events: list, until: int | None
                             popularity_power=args.popularity_power,
                             max_basket_items=args.max_basket_items, seed=args.seed)
     if len(built.pairs) < 4:
-        raise ConfigError(f"{len(built.pairs)} item pairs: events need titles or categories "
+        raise DataError(f"{len(built.pairs)} item pairs: events need titles or categories "
                           "and users with two items in a basket or in a row")
     train, held = split_items(built.pairs, args.holdout or 0.1, args.seed)
     new, catalog = held_items(train, held), catalog_for(train, held)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Literal
 
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError
 from segstream.events import CATEGORY_MAX, TITLE_MAX, Event
 from segstream.features import clean_text
 
@@ -213,7 +213,7 @@ def split_items(pairs: Sequence[ItemPair], holdout: float, seed: int = 0
     train = [p for p in pairs if p.anchor not in held_items and p.positive not in held_items]
     held = [p for p in pairs if p.anchor in held_items or p.positive in held_items]
     if len(held) < 2 or len(train) < 2:
-        raise ConfigError(f"{len(pairs)} item pairs over {len(texts)} items: too few to hold "
+        raise DataError(f"{len(pairs)} item pairs over {len(texts)} items: too few to hold "
                           f"{holdout:.0%} of the items out")
     return train, held
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from segstream.encoding import Pooling
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, StateError
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def save_model(transformer: Any, tokenizer: Any, pooling: Pooling, max_seq_lengt
     """Write the model directory atomically (a temporary folder, then a rename); a LoRA
     adapter is merged into the weights and also kept alone under ``adapter/``."""
     if final.exists():
-        raise ConfigError(f"model directory already exists: {final}")
+        raise StateError(f"model directory already exists: {final}")
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -33,7 +33,7 @@ from segstream.encoding import (
     read_layout,
     resolve_device,
 )
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError, StateError
 from segstream.finetune.config import EvalPoint, FinetuneConfig, FinetuneResult, Hooks
 from segstream.finetune.items import ItemPair, describe_items
 from segstream.finetune.objectives import info_nce, negatives_mask, retrieval
@@ -188,23 +188,23 @@ class Trainer:
         if not all(isinstance(p, kind) for p in (*train, *held)):
             raise ConfigError(f"objective {cfg.objective} trains on {kind.__name__} pairs")
         if len(train) < cfg.batch_size:
-            raise ConfigError(f"{len(train)} training pairs: fewer than one batch of "
+            raise DataError(f"{len(train)} training pairs: fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size or add data")
         if len(held) < 2:
-            raise ConfigError(f"{len(held)} held-out pairs: need at least 2")
+            raise DataError(f"{len(held)} held-out pairs: need at least 2")
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
         final = Path(out_root) / _safe_name(name or f"{self.base_name}-ft-{stamp}")
         if final.exists():
-            raise ConfigError(f"model directory already exists: {final}")
+            raise StateError(f"model directory already exists: {final}")
         torch.manual_seed(cfg.seed)
         rng = random.Random(cfg.seed)
         counts = Counter(_next_category(p) for p in train if _next_category(p))
         labels = ({c: i for i, c in enumerate(sorted(c for c, n in counts.items() if n >= 2))}
                   if cfg.objective == "contrastive+category" else {})
         if cfg.objective == "contrastive+category" and len(labels) < 2:
-            raise ConfigError("next-category objective needs at least 2 categories that occur "
+            raise DataError("next-category objective needs at least 2 categories that occur "
                               "twice in the training pairs")
         layers = _freeze_for(self.transformer, cfg.train_layers if cfg.method == "full" else 0)
         transformer = self.transformer

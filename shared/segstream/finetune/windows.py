@@ -14,7 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from segstream.config import IngestSettings
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError
 from segstream.events import Event
 from segstream.feature_text import render
 from segstream.features import UserState, increments, summarize, top_category
@@ -108,7 +108,7 @@ def split_users(pairs: Sequence[Pair], holdout: float, seed: int = 0
     random.Random(seed).shuffle(users)
     n_held = max(2, round(len(users) * holdout))
     if len(users) - n_held < 2:
-        raise ConfigError(f"{len(users)} users with pairs: too few to hold {holdout:.0%} out")
+        raise DataError(f"{len(users)} users with pairs: too few to hold {holdout:.0%} out")
     held = set(users[:n_held])
     return ([p for p in pairs if p.user_id not in held], [p for p in pairs if p.user_id in held])
 
