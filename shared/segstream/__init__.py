@@ -6,3 +6,17 @@ Data flow: ingest → profile → encode → segment → publish. This package (
 """
 
 __version__ = "0.1.0"
+
+# The recommender-facing API, importable as ``from segstream import SegmentClient``; loaded
+# on first use so that ``import segstream`` stays cheap for the services.
+_CLIENT = ("SegmentClient", "Subscription", "Change", "ChangeRecord", "Assignment",
+           "UserSegment", "Segment", "MembersPage", "VectorStatus")
+__all__ = ["__version__", *_CLIENT]
+
+
+def __getattr__(name: str) -> object:
+    if name in _CLIENT:
+        from segstream import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'segstream' has no attribute {name!r}")
