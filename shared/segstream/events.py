@@ -36,7 +36,6 @@ import math
 import re
 import unicodedata
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -71,9 +70,11 @@ FIELDS = ("event_id", "user_id", "ts", "type", "item_id", "category", "title", "
           "quantity", "dwell_s", "rating")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A validated behaviour event. ``ts_ms`` is epoch milliseconds, UTC."""
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """A validated behaviour event. ``ts_ms`` is epoch milliseconds, UTC.
+
+    (A frozen msgspec struct: built in C, several times faster than a frozen dataclass.)
+    """
 
     event_id: str
     user_id: str
@@ -89,7 +90,7 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a JSON-ready dict (absent optional fields left out)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k in self.__struct_fields__ if (v := getattr(self, k)) is not None}
 
 
 # ---- the typed fast path ------------------------------------------------------------------
@@ -115,10 +116,12 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Wire)
-# Any key spelled with lowercase letters, "_" or \u00XX escapes, followed by its colon: a
-# superset of every way a contract field can be written, so unique matches prove no field
-# is repeated (repeats, or look-alikes inside strings, go to the exact check).
-_KEY = re.compile(rb'"((?:[a-z_]|\\u00[0-9a-fA-F]{2})+)"\s*:')
+# Keys spelled with lowercase letters and "_", followed by their colon: every contract field
+# written plainly, so unique matches prove no field is repeated (repeats, look-alikes inside
+# strings and keys that use \u00XX escapes, the only other spelling of such a name, go to
+# the exact check).
+_KEY = re.compile(rb'"([a-z_]+)"\s*:')
+_ESCAPED_KEY = re.compile(rb'"[a-z_]*\\u00[0-9a-fA-F]{2}(?:[a-z_]|\\u00[0-9a-fA-F]{2})*"\s*:')
 # Every key of an object, at any depth (a quoted string followed by a colon is a key).
 _ANY_KEY = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:')
 # Characters an identifier may not hold: C0/C1 controls, DEL, line/paragraph separators
@@ -159,9 +162,9 @@ def parse_event(
 
 def _may_repeat_fields(raw: bytes | str) -> bool:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if b"\\u00" in data and _ESCAPED_KEY.search(data):
+        return True  # a key spelled with an escape: rare enough to check exactly
     keys = _KEY.findall(data)
-    if b"\\u00" in data:
-        keys = [json.loads(b'"' + k + b'"').encode() if b"\\" in k else k for k in keys]
     return len(set(keys)) != len(keys)
 
 
