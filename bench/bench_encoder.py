@@ -151,7 +151,7 @@ def pipeline(windows_: list[Window], rate_eps: float, cache: bool, threads: int)
         pipe = client.pipeline(transaction=False)
         now = time.time_ns() // 1_000_000
         for uid, text in w.texts.items():
-            pipe.set(keys.user(uid, "text"), text)
+            pipe.set(keys.text(uid), text)
             pipe.zadd(keys.dirty(), {uid: now}, nx=True)
         pipe.execute()
         delay = started + events / rate_eps - time.perf_counter()

@@ -256,7 +256,7 @@ def cmd_freshness(args: argparse.Namespace) -> None:
         lat = sorted(probes.first[u] - sent_at[u] for u in sent_at if u in probes.first)
         stage = []  # encoder's write of the probe's vector -> its record (segmenter + Kafka)
         for uid in probes.first:
-            encoded = client.hget(keys.user(uid, "emb"), "encoded_ms")
+            encoded = client.hget(keys.emb(uid), "encoded_ms")
             if encoded:
                 stage.append(probes.first[uid] - int(encoded) / 1000)
         stage.sort()

@@ -1,17 +1,19 @@
 """Per-user feature state in Redis: atomic, idempotent updates and the dirty queue.
 
-Key layout (``Keys`` in ``redis_io``; all of one user's keys share the ``{uid}`` hash tag,
+Key layout (``segstream.keys.Keys``; all of one user's keys share the ``{uid}`` hash tag,
 so the Lua script below touches one Redis Cluster slot):
 
-- ``user(uid, "f")``      hash, the bucket map of ``features``: field ``<group>:<day>`` ->
+- ``features(uid)``       hash, the bucket map of ``features``: field ``<group>:<day>`` ->
   ``"sub=n;sub=n"`` (a few dozen short fields, so Redis keeps it as a compact listpack),
   plus meta fields ``_last`` (newest event ms), ``_dx`` (newest day), ``_rm``/``_rn``
   (event-time minute and count for the bot rule) and ``_o:<topic crc>:<partition>``
   (highest Kafka offset applied from that partition for this user)
-- ``user(uid, "d")``      zset, dedup: 8-byte BLAKE2 digests of event ids, score = event
+- ``dedup(uid)``          zset, dedup: 8-byte BLAKE2 digests of event ids, score = event
   ms; trimmed to ``dedup_ttl_s`` before the newest event and ``dedup_max_per_user``
-- ``user(uid, "t")``      zset, last distinct titles, score = newest event ms with it
-- ``user(uid, "text")``   string, the feature text (TTL ``user_ttl_days``)
+- ``titles(uid)``         zset, last distinct titles, score = newest event ms with it
+- ``text(uid)``           string, the feature text (TTL ``user_ttl_days``)
+- ``rfm(uid)``            hash, the user's RFM inputs (``features.Rfm`` fields): the one
+  part of a profile the segmenter reads, so the bucket map above stays private to ingest
 - ``dirty()``             zset, the encoder's queue: ``ZADD NX`` user, score = now ms
 
 Exactly-once effect: a Kafka record redelivered after a crash or rebalance has an offset
@@ -35,8 +37,8 @@ from typing import Any
 import redis
 
 from segstream.config import Settings
-from segstream.features import Increment, UserState
-from segstream.redis_io import Keys
+from segstream.features import Increment, Rfm, UserState
+from segstream.keys import Keys
 
 # One call per user and batch. KEYS: features hash, dedup zset, titles zset, text string.
 # ARGV: window_days, category_cap, bot_limit, max_titles, dedup_window_ms, dedup_max,
@@ -252,8 +254,7 @@ class FeatureStore:
 
     def user_keys(self, user_id: str) -> list[str]:
         k = self.keys
-        return [k.user(user_id, "f"), k.user(user_id, "d"), k.user(user_id, "t"),
-                k.user(user_id, "text")]
+        return [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id)]
 
     def _args(self, events: Sequence[PendingEvent]) -> list[str | int]:
         cfg = self.cfg
@@ -342,31 +343,45 @@ class FeatureStore:
             results.update(self.apply({uid: inflight.by_user[uid] for uid in missing}))
         return results
 
-    def store_texts(self, updates: Iterable[tuple[str, str, bool]]) -> int:
-        """Write changed texts, then mark users dirty; returns how many were marked.
+    def store_texts(self, updates: Iterable[tuple[str, str, bool]],
+                    rfm: dict[str, Rfm] | None = None) -> int:
+        """Write RFM inputs and changed texts, then mark users dirty; returns how many were
+        marked.
 
+        ``rfm`` holds the users' ``Rfm`` to publish (``Keys.rfm``, with the user TTL).
         ``updates`` holds ``(user_id, text, mark)``: the text is written (with the user
-        TTL) and the user ``ZADD NX``-ed to the dirty queue when ``mark`` is true. The text
-        is written before the mark, so an encoder that claims the user reads the new text.
+        TTL) and the user ``ZADD NX``-ed to the dirty queue when ``mark`` is true. RFM and
+        text are written before the mark, so an encoder that claims the user reads the new
+        text and the segmenter that assigns it reads the new RFM.
         """
         now_ms = int(time.time() * 1000)
         ttl = int(self.cfg.user_ttl_days * 86_400)
         marked = [(uid, text) for uid, text, mark in updates if mark]
-        if not marked:
+        if not marked and not rfm:
             return 0
         pipe = self.client.pipeline(transaction=False)
+        for uid, values in (rfm or {}).items():
+            pipe.hset(self.keys.rfm(uid), mapping=values.to_fields())
+            pipe.expire(self.keys.rfm(uid), ttl)
+        if not marked:
+            pipe.execute()
+            return 0
         for uid, text in marked:
-            pipe.set(self.keys.user(uid, "text"), text.encode(), ex=ttl)
+            pipe.set(self.keys.text(uid), text.encode(), ex=ttl)
         pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
         pipe.execute()
         return len(marked)
 
+    def read_rfm(self, user_id: str) -> Rfm | None:
+        """The RFM inputs ingest last published for a user (None: none yet)."""
+        return Rfm.from_fields(self.client.hgetall(self.keys.rfm(user_id)))
+
     def read_user(self, user_id: str) -> tuple[UserState, str | None]:
         """A user's state and stored feature text (empty state for an unknown user)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.user(user_id, "f"))
-        pipe.zrange(self.keys.user(user_id, "t"), 0, -1, withscores=True)
-        pipe.get(self.keys.user(user_id, "text"))
+        pipe.hgetall(self.keys.features(user_id))
+        pipe.zrange(self.keys.titles(user_id), 0, -1, withscores=True)
+        pipe.get(self.keys.text(user_id))
         raw_hash, titles, text = pipe.execute()
         state = parse_state(((k.decode(), v.decode()) for k, v in raw_hash.items()),
                             ((t.decode(), score) for t, score in titles))
@@ -378,7 +393,7 @@ class FeatureStore:
     def memory_usage(self, user_id: str) -> int:
         """Bytes Redis uses for one user's keys (``MEMORY USAGE``, embeddings excluded)."""
         total = 0
-        for key in self.user_keys(user_id):
+        for key in [*self.user_keys(user_id), self.keys.rfm(user_id)]:
             total += int(self.client.memory_usage(key, samples=0) or 0)
         return total
 

@@ -15,6 +15,7 @@ bounded per user. ``increments`` maps an ``Event`` to bucket increments, ``UserS
 applies them in memory exactly like the Redis Lua script in ``feature_store`` does, and
 ``summarize`` turns a bucket map into ``Features`` relative to a reference time (by
 default the user's newest event, so the same history always gives the same features).
+``Rfm`` is the part of a summary that other services read (the segmenter's engagement tier).
 """
 
 from __future__ import annotations
@@ -263,3 +264,47 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
         recent_titles=tuple(t for _, t in titles[: settings.max_titles]),
     )
 
+
+
+@dataclass(frozen=True)
+class Rfm:
+    """A user's RFM inputs in event time: what ingest publishes for the segmenter's
+    engagement tier (the ``Keys.rfm(uid)`` hash, one field per attribute, decimal strings).
+
+    - ``last_active_ms``  the newest event (recency)
+    - ``frequency``       events over the longest window
+    - ``monetary``        spend over the longest window, currency units (2 decimals)
+    - ``first_event_ms``  start of the oldest kept day: a lower bound of tenure
+    """
+
+    last_active_ms: int
+    frequency: int
+    monetary: float
+    first_event_ms: int
+
+    @classmethod
+    def of(cls, state: UserState, features: Features, settings: IngestSettings
+           ) -> Rfm | None:
+        """The RFM of ``state`` (``features`` = its ``summarize``); None without events."""
+        if state.last_ts is None:
+            return None
+        longest = max(features.windows, key=lambda w: w.days)
+        days = [int(name.split(":", 1)[1]) for name in state.buckets if ":" in name]
+        first = (int(datetime.fromordinal(min(days)).replace(
+            tzinfo=zone(settings.timezone)).timestamp() * 1000) if days else state.last_ts)
+        return cls(state.last_ts, longest.events, round(longest.spend, 2), first)
+
+    def to_fields(self) -> dict[str, str]:
+        return {"last_active_ms": str(self.last_active_ms), "frequency": str(self.frequency),
+                "monetary": f"{self.monetary:.2f}", "first_event_ms": str(self.first_event_ms)}
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes] | dict[str, str]) -> Rfm | None:
+        """The RFM read back from ``Keys.rfm``; None when the hash is absent or partial."""
+        f = {(k.decode() if isinstance(k, bytes) else k):
+             (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+        try:
+            return cls(int(f["last_active_ms"]), int(f["frequency"]), float(f["monetary"]),
+                       int(f["first_event_ms"]))
+        except (KeyError, ValueError):
+            return None

@@ -22,7 +22,8 @@ import torch
 from segstream.config import Settings
 from segstream.encoding import Encoder, cosine_rows, text_hash, vec_from_bytes
 from segstream.redis_io import Keys
-from segstream_services.encoder.claims import Claim, ClaimQueue, Done
+from segstream.stream_entry import EmbeddedEntry
+from segstream_services.encoder.claims import Claim, ClaimQueue
 from segstream_services.encoder.service import BatchReport, EncoderWorker
 from tests.helpers import wait_until
 
@@ -48,7 +49,7 @@ def mark(client: redis.Redis, keys: Keys, users: dict[str, str]) -> Counter[str]
     pipe = client.pipeline(transaction=False)
     now = time.time_ns() // 1_000_000
     for uid, text in users.items():
-        pipe.set(keys.user(uid, "text"), text)
+        pipe.set(keys.text(uid), text)
         pipe.zadd(keys.dirty(), {uid: now}, nx=True)
     added = pipe.execute()[1::2]
     return Counter(uid for uid, new in zip(users, added, strict=True) if new)
@@ -97,7 +98,7 @@ def test_encodes_stores_and_caches_repeated_texts(
     assert set(fields) == {b"user_id", b"model_version", b"text_hash", b"dirty_ms",
                            b"encoded_ms"}
     assert int(fields[b"encoded_ms"]) >= int(fields[b"dirty_ms"])
-    stored = [redis_conn.hgetall(keys.user(uid, "emb")) for uid in users]
+    stored = [redis_conn.hgetall(keys.emb(uid)) for uid in users]
     assert all(s[b"model_version"] == encoder.model_version.encode() for s in stored)
     assert all(s[b"text_hash"] == text_hash(t).encode()
                for s, t in zip(stored, users.values(), strict=True))
@@ -118,7 +119,7 @@ def test_encodes_stores_and_caches_repeated_texts(
     drain(other)
     assert other.totals["unchanged"] == 5 and other.totals["missing_text"] == 1
     assert len(redis_conn.xrange(keys.embedded())) == 30 + 12 + 5
-    assert redis_conn.hlen(keys.queue("claim_meta")) == 0
+    assert redis_conn.hlen(keys.claim_meta()) == 0
     exposition = other.metrics.base.exposition().decode()
     assert "segstream_encoder_cache_hits_total 12.0" in exposition
     assert other.cache.stored == 0 and worker.cache is not None and worker.cache.stored == 6
@@ -164,7 +165,7 @@ def test_claims_skip_users_held_by_live_claims(redis_conn: redis.Redis, unique: 
     assert not idle.users and idle.wait_ms == -1  # x waits for a's claim: no busy loop
     assert redis_conn.zcard(keys.dirty()) == 1
     # b cannot complete a's claim; a can, once; then x is claimable again
-    done = [Done("x", "m", "h", held.users[0][1], 1)]
+    done = [EmbeddedEntry("x", "m", "h", held.users[0][1], 1)]
     assert b.complete(got.token, done, 1_000) == (0, 1)
     assert a.complete(held.token, done, 1_000) == (1, 0)
     assert a.complete(held.token, done, 1_000) == (0, 1)
@@ -172,7 +173,7 @@ def test_claims_skip_users_held_by_live_claims(redis_conn: redis.Redis, unique: 
     # a write fenced by an older claim never overwrites a newer one
     assert b.write_embeddings(got.fence, [("z", b"new", "m", "h2", 2)]) == 0
     assert a.write_embeddings(held.fence, [("z", b"old", "m", "h1", 1)]) == 1
-    assert redis_conn.hget(keys.user("z", "emb"), "vec") == b"new"
+    assert redis_conn.hget(keys.emb("z"), "vec") == b"new"
     assert redis_conn.xlen(keys.embedded()) == 1
 
 
@@ -211,7 +212,7 @@ def test_killed_worker_claims_are_encoded_by_another(
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=10) == -signal.SIGKILL
     holders = {v.decode().split(":")[0] for v in
-               redis_conn.hvals(keys.queue("claim_meta"))}
+               redis_conn.hvals(keys.claim_meta())}
     assert len(holders) == 1 and f"-{victim.pid}-" in holders.pop()
     assert redis_conn.xlen(keys.embedded()) == 0 and redis_conn.zcard(keys.dirty()) == 0
 
@@ -220,7 +221,7 @@ def test_killed_worker_claims_are_encoded_by_another(
     drain(rescuer, timeout_s=60)
     assert rescuer.metrics.reclaimed._value.get() == 100
     assert stream_users(redis_conn, keys) == Counter(users.keys())  # each exactly once
-    assert all(redis_conn.hget(keys.user(u, "emb"), "text_hash") == text_hash(t).encode()
+    assert all(redis_conn.hget(keys.emb(u), "text_hash") == text_hash(t).encode()
                for u, t in users.items())
 
 
@@ -231,7 +232,7 @@ def test_two_workers_encode_every_dirty_mark_exactly_once(
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     workers = [spawn_worker(procs, unique, log, claim_batch=8, max_wait_ms=20)
                for log in logs]
-    wait_until(lambda: all("ready on" in log.read_text() for log in logs), timeout_s=90,
+    wait_until(lambda: all("encoder running" in log.read_text() for log in logs), timeout_s=90,
                what="both workers to be ready")
     latest = {f"t-{i}": text_for(f"t-{i}") for i in range(90)}
     marks = mark(redis_conn, keys, latest)
@@ -245,7 +246,7 @@ def test_two_workers_encode_every_dirty_mark_exactly_once(
                and redis_conn.zcard(keys.dirty()) + redis_conn.zcard(keys.claims()) == 0,
                timeout_s=90, what="every mark to be encoded")
     assert stream_users(redis_conn, keys) == marks
-    assert all(redis_conn.hget(keys.user(u, "emb"), "text_hash") == text_hash(t).encode()
+    assert all(redis_conn.hget(keys.emb(u), "text_hash") == text_hash(t).encode()
                for u, t in latest.items())
 
     for w in workers:

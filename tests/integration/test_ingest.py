@@ -211,7 +211,7 @@ def test_coalescing_one_mark_until_claimed_and_only_on_change(infra: Settings,
     service = IngestService(settings)
     service.run(idle_exit_s=1.5)
     assert client.zscore(dirty, "solo") == first_score  # NX: still one entry, same age
-    text = client.get(FeatureStore(client, settings).keys.user("solo", "text")).decode()
+    text = client.get(FeatureStore(client, settings).keys.text("solo")).decode()
     assert "purchases" in text
 
     client.zrem(dirty, "solo")  # the encoder claims it

@@ -84,9 +84,9 @@ def test_redelivered_offsets_and_seen_event_ids_are_skipped(infra: Settings,
     rest = store.apply({"u": pending[80:]})["u"].statuses
     assert first == "A" * 80 and rest == "A" * 40
     assert summarize(store.read_user("u")[0], cfg).window(7).events == 120  # each once
-    dedup_key = store.keys.user("u", "d")
+    dedup_key = store.keys.dedup("u")
     assert store.client.zcard(dedup_key) <= 50  # bounded per user
-    assert store.client.ttl(dedup_key) > 0 and store.client.ttl(store.keys.user("u", "f")) > 0
+    assert store.client.ttl(dedup_key) > 0 and store.client.ttl(store.keys.features("u")) > 0
 
 
 def test_a_typical_user_stays_compact(infra: Settings, unique: str) -> None:
@@ -97,6 +97,6 @@ def test_a_typical_user_stays_compact(infra: Settings, unique: str) -> None:
     store.apply({"u": [PendingEvent(e.event_id, increments(e, cfg), "t", 0, i)
                        for i, e in enumerate(events)]})
     store.store_texts([("u", "Last 30 days: 51-100 events ...", True)])
-    assert store.client.object("encoding", store.keys.user("u", "f")) == b"listpack"
-    assert store.client.object("encoding", store.keys.user("u", "d")) == b"listpack"
+    assert store.client.object("encoding", store.keys.features("u")) == b"listpack"
+    assert store.client.object("encoding", store.keys.dedup("u")) == b"listpack"
     assert store.memory_usage("u") < 4096

@@ -22,12 +22,12 @@ from sklearn.metrics import adjusted_rand_score
 from segstream.config import Settings
 from segstream.events import parse_ts
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.records import load_schema
 from segstream.redis_io import Keys, redis_client
 from segstream.segmentation.engagement import TIERS
 from segstream.synthetic import PERSONAS, SyntheticStream
 from segstream_services.encoder.service import EncoderWorker
 from segstream_services.ingest.service import IngestService
-from segstream_services.segmenter import store
 from segstream_services.segmenter.cli import user_segment_info
 from segstream_services.segmenter.service import SegmenterService
 from tests.helpers import wait_until
@@ -110,7 +110,7 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
                               consumer_timeout_ms=3000)
     published: list[dict[str, Any]] = [json.loads(m.value) for m in consumer]
     consumer.close()
-    schema = store.load_schema("segment_change")
+    schema = load_schema("segment_change")
     for rec in published:
         jsonschema.validate(rec, schema)
     final = {}
@@ -118,9 +118,9 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
         final[rec["user_id"]] = rec["segment_id"]
     truth = {u: p for u, p in synthetic.truth().items() if per_user[u]}  # active users
     keys = Keys(settings.redis.key_prefix)
-    missing = {u: (per_user[u], redis_conn.exists(keys.user(u, "text")),
-                   redis_conn.exists(keys.user(u, "emb")),
-                   redis_conn.hgetall(store.SegKeys(settings.redis.key_prefix).user(u)))
+    missing = {u: (per_user[u], redis_conn.exists(keys.text(u)),
+                   redis_conn.exists(keys.emb(u)),
+                   redis_conn.hgetall(Keys(settings.redis.key_prefix).seg(u)))
                for u in set(truth) - set(final)}
     assert not missing, missing  # every user was assigned
     ari = adjusted_rand_score([truth[u] for u in sorted(truth)],

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_round_trip_under_a_unique_prefix(redis_conn: redis.Redis, unique: str) -> None:
     keys = Keys(unique)
-    text_key = keys.user("user-1", "text")
+    text_key = keys.text("user-1")
     payload = "Last 30 days: 41 views, 3 purchases. 消费金额1000元以上.".encode()
     try:
         redis_conn.set(text_key, payload)
@@ -29,7 +29,7 @@ def test_round_trip_under_a_unique_prefix(redis_conn: redis.Redis, unique: str) 
 
 def test_keys_share_hash_slots_where_scripts_need_them() -> None:
     keys = Keys("ss")
-    assert keys.user("u:1", "text") == "ss:u:{u:1}:text"
+    assert keys.text("u:1") == "ss:u:{u:1}:text"
     assert keys.dirty().startswith("{ss:q}") and keys.claims().startswith("{ss:q}")
 
 

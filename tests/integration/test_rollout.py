@@ -19,12 +19,14 @@ import redis
 from segstream.config import Settings
 from segstream.encoding import Encoder, vec_to_bytes
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.keys import Keys
 from segstream.offline import build_profiles
-from segstream.redis_io import Keys
+from segstream.records import load_schema
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
 from segstream_services.cli import main
-from segstream_services.encoder.rollout import Registry, Rollout
 from segstream_services.encoder.service import EncoderWorker
+from segstream_services.rollout.registry import Registry
+from segstream_services.rollout.service import Rollout
 from segstream_services.segmenter import store
 from tests.unit.test_finetune import _run, tiny_base  # noqa: F401 - the base model fixture
 
@@ -69,7 +71,7 @@ def _seed(client: redis.Redis, settings: Settings, encoder: Encoder) -> dict[str
               for r in SyntheticStream(users=USERS, days=14, seed=5).events()]
     profiles = build_profiles(events, settings.ingest)
     users = sorted(profiles)
-    keys, sk = Keys(settings.redis.key_prefix), store.SegKeys(settings.redis.key_prefix)
+    keys = Keys(settings.redis.key_prefix)
     vecs = encoder.encode([profiles[u].text for u in users])
     model = OnlineSegmenter(SegConfig(k=4, seed=0))
     model.model_version = encoder.model_version
@@ -77,13 +79,13 @@ def _seed(client: redis.Redis, settings: Settings, encoder: Encoder) -> dict[str
                      zip(users, vecs, strict=True)], 1)
     pipe = client.pipeline(transaction=False)
     for u, v in zip(users, vecs, strict=True):
-        pipe.set(keys.user(u, "text"), profiles[u].text)
-        pipe.hset(keys.user(u, "emb"), mapping={"vec": vec_to_bytes(v), "text_hash": "x",
+        pipe.set(keys.text(u), profiles[u].text)
+        pipe.hset(keys.emb(u), mapping={"vec": vec_to_bytes(v), "text_hash": "x",
                                                 "model_version": encoder.model_version})
     for a in got:
-        pipe.hset(sk.user(a.key), mapping={"segment_id": a.segment_id,
+        pipe.hset(keys.seg(a.key), mapping={"segment_id": a.segment_id,
                                            "model_version": encoder.model_version})
-    pipe.hset(sk.state, mapping={"model": store.encode_model(model), "rev": 1})
+    pipe.hset(keys.seg_state(), mapping={"model": store.encode_model(model), "rev": 1})
     pipe.execute()
     return {a.key: a.segment_id for a in got}
 
@@ -104,7 +106,7 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     new = Encoder(new_dir, device="cpu", dtype="float32")
     assert new.model_version != old.model_version
     before = _seed(redis_conn, settings, old)
-    keys, sk = Keys(settings.redis.key_prefix), store.SegKeys(settings.redis.key_prefix)
+    keys = Keys(settings.redis.key_prefix)
     worker = EncoderWorker(settings, encoder=old, client=redis_conn)
 
     # Background re-embedding leaves the live vectors and the segmenter alone, and a second
@@ -115,11 +117,11 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     rollout.start(str(new_dir), new.model_version, str(tiny_base), old.model_version)
     assert rollout.reembed(new, users) > 0
     one = users[0]
-    assert redis_conn.hget(keys.user(one, "emb"), "model_version").decode() == \
+    assert redis_conn.hget(keys.emb(one), "model_version").decode() == \
         old.model_version
-    assert redis_conn.hget(keys.user(one, "emb_next"), "model_version").decode() == \
+    assert redis_conn.hget(keys.emb_next(one), "model_version").decode() == \
         new.model_version
-    redis_conn.set(keys.user(one, "text"), "Last 30 days: 3 views. Mostly toys (100%).")
+    redis_conn.set(keys.text(one), "Last 30 days: 3 views. Mostly toys (100%).")
     assert rollout.reembed(new, users) == 1
     assert not worker.watcher.check(worker)  # not active yet: the old model keeps serving
 
@@ -131,18 +133,18 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     assert state["previous_version"] == old.model_version and state["phase"] == "active"
     share, bound = float(state["changed_share"]), float(state["bound_share"])
     assert f"({share:.1%})" in out and share <= bound
-    after = {u: redis_conn.hget(sk.user(u), "segment_id").decode() for u in users}
+    after = {u: redis_conn.hget(keys.seg(u), "segment_id").decode() for u in users}
     moved = {u for u in users if after[u] != before[u]}
     assert round(len(moved) / len(users), 6) == share
-    model, _, _ = store.read_state(redis_conn, sk)
+    model, _, _ = store.read_state(redis_conn, keys)
     assert model is not None and model.model_version == new.model_version
-    assert {redis_conn.hget(keys.user(u, "emb"), "model_version").decode()
+    assert {redis_conn.hget(keys.emb(u), "model_version").decode()
             for u in users} == {new.model_version}
-    assert {redis_conn.hget(keys.user(u, "emb_prev"), "model_version").decode()
+    assert {redis_conn.hget(keys.emb_prev(u), "model_version").decode()
             for u in users} == {old.model_version}
     changes = _records(kafka, settings.topics.segments)
     assert {r["user_id"] for r in changes} == moved  # subscribers see only real changes
-    schema = store.load_schema("segment_change")
+    schema = load_schema("segment_change")
     for r in changes:
         jsonschema.validate(r, schema)
         assert r["model_version"] == new.model_version
@@ -155,10 +157,10 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     assert worker.watcher.check(worker) and worker.encoder.model_version == new.model_version
     redis_conn.zadd(keys.dirty(), {users[1]: 1})
     worker.step()
-    assert redis_conn.hget(keys.user(users[1], "emb"), "model_version").decode() == \
+    assert redis_conn.hget(keys.emb(users[1]), "model_version").decode() == \
         new.model_version
     # A late write by a worker still on the old model is queued again for re-encoding.
-    redis_conn.hset(keys.user(users[2], "emb"), "model_version", old.model_version)
+    redis_conn.hset(keys.emb(users[2]), "model_version", old.model_version)
     assert rollout.remark_stale(users, new.model_version, 0) == 1
     assert redis_conn.zscore(keys.dirty(), users[2]) is not None
 
@@ -167,11 +169,11 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     state = Registry(redis_conn, keys).read()
     assert state["active_version"] == old.model_version
     assert state["previous_version"] == new.model_version
-    back = {u: redis_conn.hget(sk.user(u), "segment_id").decode() for u in users}
+    back = {u: redis_conn.hget(keys.seg(u), "segment_id").decode() for u in users}
     assert back == before
-    model, _, _ = store.read_state(redis_conn, sk)
+    model, _, _ = store.read_state(redis_conn, keys)
     assert model is not None and model.model_version == old.model_version
-    assert redis_conn.hget(keys.user(users[5], "emb"), "model_version").decode() == \
+    assert redis_conn.hget(keys.emb(users[5]), "model_version").decode() == \
         old.model_version
     records = _records(kafka, settings.topics.segments)
     back_records = [r for r in records if r["model_version"] == old.model_version]
@@ -184,8 +186,8 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     assert main(["model", "rollback", "--settle", "0"]) == 0
     state = Registry(redis_conn, keys).read()
     assert state["active_version"] == new.model_version
-    again = {u: redis_conn.hget(sk.user(u), "segment_id").decode() for u in users}
+    again = {u: redis_conn.hget(keys.seg(u), "segment_id").decode() for u in users}
     assert sum(again[u] != after[u] for u in users) <= 1  # users[1] was re-encoded since
-    assert redis_conn.hget(keys.user(users[5], "emb"), "model_version").decode() == \
+    assert redis_conn.hget(keys.emb(users[5]), "model_version").decode() == \
         new.model_version
     assert np.isfinite(share)

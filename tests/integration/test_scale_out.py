@@ -122,7 +122,7 @@ def encoded_everything(client: redis.Redis, keys: Keys) -> bool:
     for raw in client.scan_iter(match=f"{keys.prefix}:u:*:text", count=500):
         uid = raw.decode().split("{", 1)[1].rsplit("}", 1)[0]
         text = client.get(raw)
-        stored = client.hget(keys.user(uid, "emb"), "text_hash")
+        stored = client.hget(keys.emb(uid), "text_hash")
         if text is None or stored is None or stored.decode() != text_hash(text.decode()):
             return False
     return True
@@ -134,7 +134,7 @@ def final_state(settings: Settings) -> dict[str, tuple[str, np.ndarray]]:
     state = {}
     for raw in client.scan_iter(match=f"{keys.prefix}:u:*:text", count=500):
         uid = raw.decode().split("{", 1)[1].rsplit("}", 1)[0]
-        vec = client.hget(keys.user(uid, "emb"), "vec")
+        vec = client.hget(keys.emb(uid), "vec")
         assert vec is not None, uid
         state[uid] = (client.get(raw).decode(), vec_from_bytes(vec))
     client.close()

@@ -26,7 +26,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from segstream.config import Settings
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
-from segstream.redis_io import Keys
+from segstream.keys import Keys
+from segstream.records import load_schema
 from segstream_services.cli import main as cli_main
 from segstream_services.segmenter import store
 from segstream_services.segmenter.cli import catalog, user_segment_info
@@ -74,8 +75,8 @@ class Feeder:
         text = text or f"Last 30 days: 12 views. Mostly {TOPICS[mode]}. Active on evenings."
         th = hashlib.sha1(text.encode()).hexdigest()[:16]
         now = int(time.time() * 1000)
-        self.r.set(self.keys.user(uid, "text"), text)
-        self.r.hset(self.keys.user(uid, "emb"), mapping={
+        self.r.set(self.keys.text(uid), text)
+        self.r.hset(self.keys.emb(uid), mapping={
             "vec": vec.astype(np.float16).tobytes(), "model_version": "test-model@1",
             "text_hash": th, "encoded_ms": now})
         self.r.xadd(self.keys.embedded(), {"user_id": uid, "model_version": "test-model@1",
@@ -121,8 +122,8 @@ def drained(client: redis.Redis, settings: Settings) -> bool:
 
 def test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
-    change_schema = store.load_schema("segment_change")
-    catalog_schema = store.load_schema("catalog_entry")
+    change_schema = load_schema("segment_change")
+    catalog_schema = load_schema("catalog_entry")
     feed = Feeder(redis_conn, settings)
     seg_topic = Topic(kafka, settings.topics.segments)
     cat_topic = Topic(kafka, settings.topics.catalog)
@@ -221,7 +222,7 @@ def test_redelivered_batch_is_applied_once(settings: Settings, redis_conn: redis
     fresh.handle(raw2)  # delivered again (ack lost): the model must not learn it twice
     fresh.close()
     svc.close()
-    model, _, _ = store.read_state(redis_conn, store.SegKeys(settings.redis.key_prefix))
+    model, _, _ = store.read_state(redis_conn, Keys(settings.redis.key_prefix))
     assert model is not None and model.version == version + 1
     feed.user("gone", 0)  # delivered, then trimmed away before it was handled
     redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: ">"})
@@ -265,8 +266,8 @@ def test_segments_cli_and_sigterm(settings: Settings, redis_conn: redis.Redis,
         feed = Feeder(redis_conn, settings)
         for i in range(30):
             feed.user(f"u{i}", i % 3)
-        keys = store.SegKeys(settings.redis.key_prefix)
-        wait_until(lambda: redis_conn.hlen(keys.catalog) >= 3, 60, what="segmenter started")
+        keys = Keys(settings.redis.key_prefix)
+        wait_until(lambda: redis_conn.hlen(keys.seg_catalog()) >= 3, 60, what="segmenter started")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -305,5 +306,5 @@ def test_two_consumers_share_the_stream_and_one_model(
     assert adjusted_rand_score(list(everyone.values()), [seg_of[u] for u in everyone]) == 1.0
     done = [svc.metrics.entries.labels("processed")._value.get() for svc, _ in running]
     assert all(n > 0 for n in done) and sum(done) == 150  # split between them, none twice
-    model, _, _ = store.read_state(redis_conn, store.SegKeys(settings.redis.key_prefix))
+    model, _, _ = store.read_state(redis_conn, Keys(settings.redis.key_prefix))
     assert model is not None and sum(model.segments[s].size for s in model.slot_ids) == 150

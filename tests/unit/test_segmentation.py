@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError, StateError
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
 
 D = 8
@@ -162,7 +162,7 @@ def test_assign_many_equals_one_by_one_assign_and_changes_nothing() -> None:
         assert [sid for sid, _ in a.memberships] == [sid for sid, _ in b.memberships]
     assert {a.reason for a in many} >= {"first", "stayed"}
     assert m.assign_many([]) == []
-    with pytest.raises(ConfigError, match="cold start"):
+    with pytest.raises(StateError, match="cold start"):
         OnlineSegmenter(SegConfig(k=3)).assign_many(batch)
 
 
@@ -269,14 +269,16 @@ def test_labels_name_the_distinguishing_words_and_survive_empty_batches() -> Non
 
 def test_bad_input_is_a_one_line_error() -> None:
     m, _ = trained(k=3)
-    with pytest.raises(ConfigError, match="dimension"):
+    with pytest.raises(DataError, match="dimension"):
         m.observe([Observation("x", np.ones(D + 1))], now_ms=0)
-    with pytest.raises(ConfigError, match="finite"):
+    with pytest.raises(DataError, match="finite"):
         m.observe([Observation("x", np.full(D, np.nan))], now_ms=0)
-    with pytest.raises(ConfigError, match="cold start"):
+    with pytest.raises(StateError, match="cold start"):
         OnlineSegmenter(SegConfig(k=3)).assign(np.ones(D))
-    with pytest.raises(ConfigError, match="format"):
+    with pytest.raises(StateError, match="format"):
         OnlineSegmenter.from_dict({"format": 0})
+    with pytest.raises(ConfigError, match="k must be"):
+        OnlineSegmenter(SegConfig(k=1))
 
 
 def test_maintenance_refit_leaves_a_poor_local_optimum_and_keeps_good_ids() -> None:
@@ -316,14 +318,14 @@ def test_recent_users_are_bounded_and_round_trip() -> None:
 def test_catalog_entries_carry_lineage_and_match_the_schema() -> None:
     import jsonschema
 
-    from segstream_services.segmenter import store
+    from segstream import records
 
     m, s = trained(k=5, half_life=200, batches=30)
     for t in range(30, 90):  # mode 4 starves: its centre is reassigned (split + retire)
         m.observe(s.batch(axes(range(5)), 40, mode_ids=[0, 1, 2, 3])[0], now_ms=t)
     m.model_version = "test@1"
-    entries = store.catalog_entries(m, now_ms=1_000)
-    schema = store.load_schema("catalog_entry")
+    entries = records.catalog_entries(m, now_ms=1_000)
+    schema = records.load_schema("catalog_entry")
     for entry in entries.values():
         jsonschema.validate(entry, schema)
     retired = [e for e in entries.values() if e["status"] == "retired"]

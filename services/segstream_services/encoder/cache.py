@@ -1,6 +1,6 @@
 """Embedding cache in Redis keyed by (model_version, text hash), shared by all workers.
 
-One string key per cached text: ``{prefix}:ec:{model_version}:{text_hash}`` → float16
+One string key per cached text (``Keys.cache_vector(model_version, text_hash)``) → float16
 vector bytes, with a TTL that a hit renews (``GETEX``), so only texts that keep recurring
 stay. Keys hash to their own slots; lookups and writes are non-transactional pipelines,
 which Redis Cluster clients split per node.
@@ -8,7 +8,7 @@ which Redis Cluster clients split per node.
 Admission: on realistic feature texts exact repeats are rare (the benchmark measured
 ~0.1% hits), so storing every vector would cost ~0.9 KB per encoded text for nothing.
 A text's vector is stored only once the text has recurred: when several users in one
-micro-batch share it, or when a small "seen" marker (``...:es:...``, a few dozen bytes)
+micro-batch share it, or when a small "seen" marker (``Keys.cache_seen``, a few dozen bytes)
 from an earlier sighting exists. A recurring text thus costs one extra model run; a
 unique text costs a marker, not a vector.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from segstream.encoding import vec_from_bytes, vec_to_bytes
-from segstream.redis_io import Keys
+from segstream.keys import Keys
 
 
 class EmbeddingCache:
@@ -36,10 +36,10 @@ class EmbeddingCache:
         self.stored = 0
 
     def key(self, thash: str) -> str:
-        return self.keys.global_(f"ec:{self.model_version}:{thash}")
+        return self.keys.cache_vector(self.model_version, thash)
 
     def seen_key(self, thash: str) -> str:
-        return self.keys.global_(f"es:{self.model_version}:{thash}")
+        return self.keys.cache_seen(self.model_version, thash)
 
     def get_many(self, hashes: list[str]) -> dict[str, np.ndarray]:
         """The cached vectors among ``hashes`` (renewing their TTL)."""

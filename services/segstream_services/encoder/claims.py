@@ -1,12 +1,13 @@
 """Leased claims on the dirty-user queue, as Lua scripts (atomic, Redis Cluster–safe).
 
-Keys (all in the ``{<prefix>:q}`` hash slot, see ``segstream.redis_io.Keys``):
+Keys (all in the ``{<prefix>:q}`` hash slot, see ``segstream.keys.Keys``):
 
 - ``dirty``      zset  user → ms of the first unclaimed dirty mark (ingest ``ZADD NX``)
 - ``claims``     zset  user → lease deadline ms (server clock)
 - ``claim_meta`` hash  user → ``<token>|<dirty_ms>`` (who holds the claim, which mark)
 - ``fence``      counter; every claim call takes the next value
-- ``embedded``   stream, one entry per completed claim (the segmenter's input)
+- ``embedded``   stream, one entry per completed claim (the segmenter's input; its
+                 fields are ``segstream.stream_entry.EmbeddedEntry``)
 
 A claim call first returns expired leases to ``dirty`` (keeping the earlier mark). Users
 that a live claim holds are not eligible: a user re-marked while claimed waits in
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from segstream.redis_io import Keys
+from segstream.keys import Keys
+from segstream.stream_entry import FIELDS, EmbeddedEntry
 
 CLAIM = """
 local t = redis.call('TIME')
@@ -74,23 +76,30 @@ return out
 
 COMPLETE = """
 local token = ARGV[1] .. '|'
-local maxlen = ARGV[2]
+local maxlen, width, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local done, lost = 0, 0
-for i = 3, #ARGV, 6 do
-  local uid = ARGV[i]
+local function held(uid)
   local meta = redis.call('HGET', KEYS[2], uid)
-  if meta and string.sub(meta, 1, #token) == token then
-    if ARGV[i + 5] == '1' then
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'user_id', uid,
-                 'model_version', ARGV[i + 1], 'text_hash', ARGV[i + 2],
-                 'dirty_ms', ARGV[i + 3], 'encoded_ms', ARGV[i + 4])
-    end
-    redis.call('ZREM', KEYS[1], uid)
-    redis.call('HDEL', KEYS[2], uid)
-    done = done + 1
-  else
-    lost = lost + 1
+  if meta and string.sub(meta, 1, #token) == token then return true end
+  lost = lost + 1
+  return false
+end
+local function release(uid)
+  redis.call('ZREM', KEYS[1], uid)
+  redis.call('HDEL', KEYS[2], uid)
+  done = done + 1
+end
+local i = 5
+for _ = 1, n do
+  local uid = ARGV[i + 1]
+  if held(uid) then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i, i + width - 1))
+    release(uid)
   end
+  i = i + width
+end
+for j = i, #ARGV do
+  if held(ARGV[j]) then release(ARGV[j]) end
 end
 return {done, lost}
 """
@@ -115,18 +124,6 @@ class Claim:
     wait_ms: int = -1  # not ready: ms until the max-wait trigger (-1: queue empty)
 
 
-@dataclass(frozen=True)
-class Done:
-    """What one completed user contributes to the ``embedded`` stream."""
-
-    user_id: str
-    model_version: str
-    text_hash: str
-    dirty_ms: int
-    encoded_ms: int
-    emit: bool = True
-
-
 class ClaimQueue:
     """The encoder's side of the dirty queue: claim, write embeddings, complete."""
 
@@ -137,8 +134,7 @@ class ClaimQueue:
         self._claim = client.register_script(CLAIM)
         self._complete = client.register_script(COMPLETE)
         self._emb_write = client.register_script(EMB_WRITE)
-        self._queue_keys = [keys.dirty(), keys.claims(), keys.queue("claim_meta"),
-                            keys.queue("fence")]
+        self._queue_keys = [keys.dirty(), keys.claims(), keys.claim_meta(), keys.fence()]
 
     def claim(self, batch: int, max_wait_ms: int, lease_ms: int) -> Claim:
         """Reclaim expired leases, then claim up to ``batch`` users if a trigger fired."""
@@ -154,19 +150,22 @@ class ClaimQueue:
         newer claim already wrote that user; returns how many writes a newer one blocked."""
         pipe = self.client.pipeline(transaction=False)
         for uid, vec, version, thash, encoded_ms in rows:
-            self._emb_write(keys=[self.keys.user(uid, "emb")],
+            self._emb_write(keys=[self.keys.emb(uid)],
                             args=[fence, vec, version, thash, encoded_ms], client=pipe)
         return sum(1 for ok in pipe.execute() if not ok)
 
-    def complete(self, token: str, done: list[Done], maxlen: int) -> tuple[int, int]:
-        """Emit stream entries and release claims still held by ``token`` → (done, lost)."""
-        if not done:
+    def complete(self, token: str, entries: list[EmbeddedEntry], maxlen: int,
+                 release: list[str] | None = None) -> tuple[int, int]:
+        """For the claims ``token`` still holds: append each entry to the stream and release
+        its user, and release the ``release`` users without an entry → (done, lost)."""
+        release = release or []
+        if not entries and not release:
             return 0, 0
-        args: list[str | int] = [token, maxlen]
-        for d in done:
-            args += [d.user_id, d.model_version, d.text_hash, d.dirty_ms, d.encoded_ms,
-                     1 if d.emit else 0]
-        keys = [self.keys.claims(), self.keys.queue("claim_meta"), self.keys.embedded()]
+        args: list[str | int] = [token, maxlen, 2 * len(FIELDS), len(entries)]
+        for entry in entries:
+            args += entry.xadd_args()
+        args += release
+        keys = [self.keys.claims(), self.keys.claim_meta(), self.keys.embedded()]
         ok, lost = self._complete(keys=keys, args=args)
         return int(ok), int(lost)
 

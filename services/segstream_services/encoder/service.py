@@ -26,9 +26,11 @@ import redis
 from segstream.config import Settings
 from segstream.encoding import Encoder, text_hash, vec_to_bytes
 from segstream.errors import InfraError
-from segstream.redis_io import Keys, check_redis, redis_client
+from segstream.keys import Keys
+from segstream.redis_io import check_redis, redis_client
+from segstream.stream_entry import EmbeddedEntry
 from segstream_services.encoder.cache import EmbeddingCache
-from segstream_services.encoder.claims import Claim, ClaimQueue, Done
+from segstream_services.encoder.claims import Claim, ClaimQueue
 from segstream_services.encoder.metrics import EncoderMetrics
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,15 @@ class EncoderWorker:
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
         self.stop_event = threading.Event()
-        from segstream_services.encoder.rollout import ModelWatcher
+        from segstream_services.rollout.registry import ModelWatcher
 
         self.watcher = ModelWatcher(  # rollout/rollback: a new model without a restart
             self.client, self.keys, load=lambda path: Encoder.from_settings(
                 self.cfg.model_copy(update={"model_path": path})))
 
     def swap_encoder(self, encoder: Encoder) -> None:
-        """Serve ``encoder`` from the next claim on (a rollout or rollback, see ``rollout``)."""
+        """Serve ``encoder`` from the next claim on (a rollout or rollback, see
+        ``segstream_services.rollout``)."""
         self.encoder = encoder
         if self.cache is not None:
             self.cache = EmbeddingCache(self.client, self.keys, encoder.model_version,
@@ -105,24 +108,25 @@ class EncoderWorker:
         uids = [uid for uid, _ in claim.users]
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
-            pipe.get(self.keys.user(uid, "text"))
-            pipe.hmget(self.keys.user(uid, "emb"), "model_version", "text_hash")
+            pipe.get(self.keys.text(uid))
+            pipe.hmget(self.keys.emb(uid), "model_version", "text_hash")
         replies = pipe.execute()
         version = self.encoder.model_version
         hashes: dict[str, str] = {}  # uid → text hash, for users whose vector we store
         texts: dict[str, str] = {}  # text hash → text, distinct texts needing a vector
-        done: list[Done] = []
+        done: list[EmbeddedEntry] = []
+        no_text: list[str] = []
         for i, (uid, dirty_ms) in enumerate(claim.users):
             raw, (old_version, old_hash) = replies[2 * i], replies[2 * i + 1]
             if raw is None:
                 report.outcomes["missing_text"] += 1
-                done.append(Done(uid, version, "", dirty_ms, 0, emit=False))
+                no_text.append(uid)
                 continue
             text = raw.decode("utf-8", errors="replace")
             thash = text_hash(text)
             if old_version == version.encode() and old_hash == thash.encode():
                 report.outcomes["unchanged"] += 1
-                done.append(Done(uid, version, thash, dirty_ms, _now_ms()))
+                done.append(EmbeddedEntry(uid, version, thash, dirty_ms, _now_ms()))
                 continue
             hashes[uid] = thash
             texts.setdefault(thash, text)
@@ -134,10 +138,11 @@ class EncoderWorker:
         if stale:
             self.metrics.stale_writes.inc(stale)
         marks = dict(claim.users)
-        done += [Done(uid, version, h, marks[uid], encoded_ms) for uid, h in hashes.items()]
+        done += [EmbeddedEntry(uid, version, h, marks[uid], encoded_ms)
+                 for uid, h in hashes.items()]
         report.outcomes["cache"] += len(hashes) - report.texts_encoded
         report.outcomes["encoded"] += report.texts_encoded
-        _, lost = self.queue.complete(claim.token, done, self.cfg.stream_maxlen)
+        _, lost = self.queue.complete(claim.token, done, self.cfg.stream_maxlen, no_text)
         if lost:
             report.outcomes["lost_claim"] += lost
             log.warning("%d claims expired before completion (lease_s=%.0f too short?)",

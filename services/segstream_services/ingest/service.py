@@ -34,7 +34,7 @@ from segstream.errors import InfraError, InvalidEvent
 from segstream.events import Event, parse_event
 from segstream.feature_store import FeatureStore, InFlight, PendingEvent, UserResult
 from segstream.feature_text import render
-from segstream.features import increments, summarize, zone
+from segstream.features import Rfm, increments, summarize, zone
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.metrics import IngestMetrics
@@ -156,9 +156,10 @@ class IngestService:
            watermark and event id, bot rule, bucket increments, titles), pipelined by
            ``redis_chunk`` events, and wait until Redis acknowledged every call.
         3. Re-render the feature text of every user touched by the batch, including users
-           whose events were all duplicates; write the texts that changed and ``ZADD NX``
-           those users to the dirty queue (also users with redelivered events, whose mark
-           a crash between a text write and its mark could have lost).
+           whose events were all duplicates; publish the RFM inputs (``features.Rfm``) of
+           users with applied or redelivered events; write the texts that changed and
+           ``ZADD NX`` those users to the dirty queue (also users with redelivered events,
+           whose mark a crash between a text write and its mark could have lost).
         4. Commit the offsets after the last record of each partition in the batch.
 
         A crash anywhere before 4 redelivers the batch: steps 1-3 are idempotent for the
@@ -209,6 +210,7 @@ class IngestService:
         m = self.metrics
         result = prepared.result
         updates = []
+        rfm: dict[str, Rfm] = {}
         for uid, res in results.items():
             for letter in res.statuses:
                 outcome, label = STATUS_OUTCOME[letter]
@@ -219,12 +221,17 @@ class IngestService:
                     m.duplicates.labels(kind=label).inc()
                 else:
                     m.cleaned.labels(rule=label).inc()
-            text = render(summarize(res.state, self.cfg), self.cfg)
+            features = summarize(res.state, self.cfg)
+            text = render(features, self.cfg)
+            if "A" in res.statuses or "R" in res.statuses:
+                found = Rfm.of(res.state, features, self.cfg)
+                if found is not None:
+                    rfm[uid] = found
             changed = text != res.text
             m.texts_changed.inc(changed)
             updates.append((uid, text, changed or "R" in res.statuses))
         result.users = len(results)
-        result.marked = self.store.store_texts(updates)                       # step 3
+        result.marked = self.store.store_texts(updates, rfm)                  # step 3
         m.dirty_marks.inc(result.marked)
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for record in prepared.records:

@@ -182,9 +182,9 @@ def cmd_fit(settings: Settings, args: argparse.Namespace) -> int:
 
     from segstream.encoding import Encoder
     from segstream.offline import TextEmbedder, build_profiles, choose_k, segment_profiles
+    from segstream.records import catalog_entries
     from segstream.segmentation import SegConfig
     from segstream_services.offline.report import render_report, segment_profiles_table
-    from segstream_services.segmenter.store import catalog_entries
 
     console = Console(stderr=True)
     out = Path(args.out or f"fit-{Path(args.file).stem}")

@@ -11,6 +11,9 @@ from typing import Any
 import redis
 
 from segstream.config import Settings
+from segstream.features import Rfm
+from segstream.keys import Keys
+from segstream.records import iso
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.segmenter import store
 
@@ -54,8 +57,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def catalog(settings: Settings, client: redis.Redis, include_retired: bool = False
             ) -> list[dict[str, Any]]:
     """Catalog entries, families first, each followed by its segments (ids in order)."""
-    keys = store.SegKeys(settings.redis.key_prefix)
-    entries = [json.loads(v) for v in client.hgetall(keys.catalog).values()]
+    keys = Keys(settings.redis.key_prefix)
+    entries = [json.loads(v) for v in client.hgetall(keys.seg_catalog()).values()]
     if not include_retired:
         entries = [e for e in entries if e["status"] == "active"]
 
@@ -95,15 +98,15 @@ def user_segment_info(settings: Settings, redis_client: redis.Redis, user_id: st
                       ) -> dict[str, Any] | None:
     """A user's segment, confidence, memberships, tier path (with labels) and engagement
     tier; None when the segmenter has not assigned the user yet."""
-    keys = store.SegKeys(settings.redis.key_prefix)
-    raw = store.decode_hash(redis_client.hgetall(keys.user(user_id)))
+    keys = Keys(settings.redis.key_prefix)
+    raw = store.decode_hash(redis_client.hgetall(keys.seg(user_id)))
     if not raw.get("segment_id"):
         return None
-    features = redis_client.hgetall(keys.keys.user(user_id, "f"))
+    rfm = Rfm.from_fields(redis_client.hgetall(keys.rfm(user_id)))
     now = int(time.time() * 1000)
     path = json.loads(raw["tier_path"])
     labels = []
-    for node, entry in zip(path, redis_client.hmget(keys.catalog, path), strict=True):
+    for node, entry in zip(path, redis_client.hmget(keys.seg_catalog(), path), strict=True):
         labels.append(json.loads(entry)["label"] if entry else node)
     return {
         "segment_id": raw["segment_id"],
@@ -113,8 +116,8 @@ def user_segment_info(settings: Settings, redis_client: redis.Redis, user_id: st
                         for s, w in json.loads(raw["memberships"])],
         "tier_path": path,
         "tier_labels": labels,
-        "engagement_tier": store.engagement(raw, features, settings, now),
+        "engagement_tier": store.engagement(raw, rfm, settings, now),
         "model_version": raw.get("model_version"),
         "centroids_version": int(raw.get("centroids_version") or 0),
-        "assigned_at": store.iso(int(raw["assigned_ms"])) if raw.get("assigned_ms") else None,
+        "assigned_at": iso(int(raw["assigned_ms"])) if raw.get("assigned_ms") else None,
     }

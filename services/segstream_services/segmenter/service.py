@@ -1,10 +1,11 @@
 """The segmenter service: embedded users in, segment changes and the catalog out.
 
-One batch: read entries of the ``embedded`` stream with a consumer group, keep the newest
-entry per user, load the users' vectors, update the model and assign (``OnlineSegmenter``),
-then in this order: publish change records to ``topics.segments`` and wait for Kafka's
-acks; write the users' segment hashes and the model state to Redis; publish catalog
-entries that changed; and only then XACK the entries. A crash anywhere replays the batch:
+One batch: read entries of the ``embedded`` stream (``stream_entry.EmbeddedEntry``) with a
+consumer group, keep the newest entry per user, load the users' vectors, update the model
+and assign (``OnlineSegmenter``), then write through ``store.SegmentStateWriter.commit``
+(publish change records and wait for Kafka's acks; write the users' segment hashes and the
+model state to Redis; publish catalog entries that changed) and only then XACK the
+entries. A crash anywhere replays the batch:
 entries whose ids the stored state already lists as applied are only acked, so the
 model never learns a batch twice, and a user whose stored segment already matches emits
 nothing new (at-least-once output, idempotent state).
@@ -17,7 +18,6 @@ the work of reading, deduplicating and publishing, and take over from a dead one
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,8 +25,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,11 +33,15 @@ from kafka.errors import KafkaError
 
 from segstream.config import Settings
 from segstream.errors import InfraError
+from segstream.features import Rfm
 from segstream.kafka_io import KafkaClients
-from segstream.redis_io import Keys, redis_client
+from segstream.keys import Keys
+from segstream.records import change_record, signature, with_event
+from segstream.redis_io import redis_client
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter, SegConfig
-from segstream.segmentation.engagement import EngagementThresholds, engagement_tier
+from segstream.segmentation.engagement import engagement_tier
 from segstream.segmentation.labels import text_changes
+from segstream.stream_entry import EmbeddedEntry
 from segstream_services.segmenter import store
 from segstream_services.segmenter.metrics import SegmenterMetrics
 
@@ -48,27 +50,6 @@ _PREV_TEXT, _NEW_TEXT = "_prev_text", "_new_text"
 # per-user values used while handling a batch but not stored in the user's hash (texts
 # live in their own key so the hash keeps Redis' compact listpack encoding)
 _TRANSIENT = frozenset({"event_ms", _PREV_TEXT, _NEW_TEXT, "text", "label"})
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One ``embedded`` stream entry."""
-
-    id: str
-    user_id: str
-    model_version: str
-    text_hash: str
-    dirty_ms: int
-
-    @classmethod
-    def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry | None:
-        f = {k.decode(): v.decode() for k, v in fields.items()}
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        try:
-            return cls(eid, f["user_id"], f.get("model_version", ""), f.get("text_hash", ""),
-                       int(float(f.get("dirty_ms") or f.get("encoded_ms") or 0)))
-        except (KeyError, ValueError):
-            return None
 
 
 def now_ms() -> int:
@@ -86,14 +67,14 @@ class SegmenterService:
         self.redis = client if client is not None else redis_client(settings.redis)
         self.kafka = kafka or KafkaClients(settings.kafka)
         self.keys = Keys(settings.redis.key_prefix)
-        self.sk = store.SegKeys(settings.redis.key_prefix)
         self.stream = self.keys.embedded()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = metrics or SegmenterMetrics()
         self.config = SegConfig.from_settings(self.s)
-        self.thresholds = EngagementThresholds(
-            self.s.new_days, self.s.at_risk_days, self.s.dormant_days, self.s.loyal_frequency,
-            self.s.loyal_spend or float("inf"))
+        self.thresholds = store.thresholds(settings)
+        self.writer = store.SegmentStateWriter(self.redis, self.keys, self._publish,
+                                               settings.topics.segments,
+                                               settings.topics.catalog)
         self.stop_event = threading.Event()
         self.model = OnlineSegmenter(self.config)
         self.rev = -1
@@ -104,7 +85,6 @@ class SegmenterService:
         self._claim_at = 0.0
         self._pending = True  # first read our own unacked entries (a restart after a crash)
         self._producer: Any = None
-        self._entries: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, idle_exit_s: float | None = None) -> None:
@@ -182,11 +162,11 @@ class SegmenterService:
     def handle(self, raw: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Handle stream entries end to end (see the module docstring for the order)."""
         ids = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in raw]
-        with self._model_lock() as lock:
+        with self.writer.lock(self.s.lock_ttl_s) as lock:
             self._refresh_model()
-            latest: dict[str, Entry] = {}
+            latest: dict[str, EmbeddedEntry] = {}
             for eid, (_, fields) in zip(ids, raw, strict=True):
-                entry = Entry.parse(eid, fields or {})  # None: trimmed while pending
+                entry = EmbeddedEntry.parse(eid, fields or {})  # None: trimmed while pending
                 if entry is None:
                     self.metrics.entries.labels("invalid").inc()
                     log.warning("stream entry %s has no user_id or a bad time: skipped", eid)
@@ -200,13 +180,13 @@ class SegmenterService:
                 self._apply(latest, lock)
             self.redis.xack(self.stream, self.s.group, *ids)
 
-    def _apply(self, latest: dict[str, Entry], lock: Any) -> None:
+    def _apply(self, latest: dict[str, EmbeddedEntry], lock: Any) -> None:
         users = list(latest)
         pipe = self.redis.pipeline(transaction=False)
         for uid in users:
-            pipe.hgetall(self.keys.user(uid, "emb"))
-            pipe.hgetall(self.sk.user(uid))
-            pipe.get(self.keys.user(uid, "text"))
+            pipe.hgetall(self.keys.emb(uid))
+            pipe.hgetall(self.keys.seg(uid))
+            pipe.get(self.keys.text(uid))
         got = pipe.execute()
         states: dict[str, dict[str, Any]] = {}
         obs: list[Observation] = []
@@ -225,13 +205,21 @@ class SegmenterService:
             records += [self._assign(a, states, t) for a in extra]
             assignments += extra
         changes = [r for r in records if r is not None]
-        self._publish(self.settings.topics.segments, [(r["user_id"], r) for r in changes])
         events = self.model.drain_events()
-        self._persist(states, [e.id for e in latest.values()], lock, t)
-        self._publish_catalog(events, t)
+        self._remember_applied([e.id for e in latest.values()])
+        published: list[int] = []
+        self.rev = self.writer.commit(
+            self.model, t, changes=[(r["user_id"], r) for r in changes],
+            users={uid: {k: v for k, v in st.items() if k not in _TRANSIENT and v is not None}
+                   for uid, st in states.items()},
+            texts={uid: st[_NEW_TEXT] for uid, st in states.items()
+                   if st.get(_NEW_TEXT) is not None},
+            applied=list(self.applied), lock=lock,
+            select_catalog=lambda entries: self._catalog_out(entries, events, published))
+        self.metrics.catalog.inc(sum(published))
         self._observe_metrics(assignments, changes, events)
 
-    def _observation(self, uid: str, entry: Entry, emb: dict[bytes, bytes],
+    def _observation(self, uid: str, entry: EmbeddedEntry, emb: dict[bytes, bytes],
                      seg: dict[str, str], text: bytes | None, states: dict[str, dict[str, Any]],
                      obs: list[Observation]) -> str:
         if b"vec" not in emb:
@@ -266,7 +254,7 @@ class SegmenterService:
             return
         pipe = self.redis.pipeline(transaction=False)
         for uid in missing:
-            pipe.hgetall(self.sk.user(uid))
+            pipe.hgetall(self.keys.seg(uid))
         for uid, raw in zip(missing, pipe.execute(), strict=True):
             seg = store.decode_hash(raw)
             last = int(seg.get("last_active_ms") or now_ms())
@@ -276,24 +264,25 @@ class SegmenterService:
                            "model_version": self.model.model_version or ""}
 
     def _load_rfm(self, users: list[str], states: dict[str, dict[str, Any]]) -> None:
-        """For the users about to get a record: event-time RFM from ingest's features (the
-        others keep the cheap stream-time tracking until they change) and the feature text
-        of their previous assignment (for the record's text diff)."""
+        """For the users about to get a record: the event-time RFM ingest published
+        (``Keys.rfm``; the others keep the cheap stream-time tracking until they change) and
+        the feature text of their previous assignment (for the record's text diff)."""
         if not users:
             return
         pipe = self.redis.pipeline(transaction=False)
         for uid in users:
-            pipe.hgetall(self.keys.user(uid, "f"))
-            pipe.get(self.sk.text(uid))
+            pipe.hgetall(self.keys.rfm(uid))
+            pipe.get(self.keys.seg_text(uid))
         got = pipe.execute()
         for i, uid in enumerate(users):
             st = states[uid]
             prev = got[2 * i + 1]
             st[_PREV_TEXT] = prev.decode() if prev else None
-            found = store.rfm(got[2 * i], self.settings)
-            if found:
-                oldest = found.pop("oldest_event_ms")
-                st.update(found, first_seen_ms=min(int(st["first_seen_ms"]), oldest))
+            rfm = Rfm.from_fields(got[2 * i])
+            if rfm is not None:
+                st.update(last_active_ms=rfm.last_active_ms, frequency=rfm.frequency,
+                          monetary=rfm.monetary,
+                          first_seen_ms=min(int(st["first_seen_ms"]), rfm.first_event_ms))
 
     def _maintain(self, states: dict[str, dict[str, Any]], t: int) -> list[Assignment]:
         """A maintenance refit over the recent users' current embeddings (see
@@ -302,8 +291,8 @@ class SegmenterService:
         self._fill_missing_states(users, states)
         pipe = self.redis.pipeline(transaction=False)
         for uid in users:
-            pipe.hmget(self.keys.user(uid, "emb"), ["vec", "model_version"])
-            pipe.get(self.keys.user(uid, "text"))
+            pipe.hmget(self.keys.emb(uid), ["vec", "model_version"])
+            pipe.get(self.keys.text(uid))
         got = pipe.execute()
         obs = []
         for i, uid in enumerate(users):
@@ -328,63 +317,36 @@ class SegmenterService:
         seg = self.model.segments[a.segment_id]
         record = None
         if a.changed:
-            record = store.change_record(
+            record = change_record(
                 a, seg.label, tier, text_changes(st.get(_PREV_TEXT), a.text),
                 self.model.model_version or "", self.model.version, int(st["event_ms"]), t)
             st[_NEW_TEXT] = a.text
-        st.update({
-            "segment_id": a.segment_id, "confidence": round(a.confidence, 6),
-            "memberships": json.dumps([[s, round(w, 4)] for s, w in a.memberships],
-                                      separators=(",", ":")),
-            "tier_path": json.dumps(a.tier_path, separators=(",", ":")), "engagement": tier,
-            "centroids_version": self.model.version, "assigned_ms": t,
-        })
+        st.update(store.assignment_fields(a, self.model.version, t), engagement=tier)
         return record
 
-    def _persist(self, states: dict[str, dict[str, Any]], entry_ids: list[str], lock: Any,
-                 t: int) -> None:
-        if not lock.owned():
-            raise InfraError("lost the segmenter model lock mid-batch; batch will be replayed")
+    def _remember_applied(self, entry_ids: list[str]) -> None:
         for eid in entry_ids:
             if len(self.applied) == self.applied.maxlen:
                 self._applied_set.discard(self.applied[0])
             self.applied.append(eid)
             self._applied_set.add(eid)
-        pipe = self.redis.pipeline(transaction=False)
-        for uid, st in states.items():
-            fields = {k: v for k, v in st.items() if k not in _TRANSIENT and v is not None}
-            pipe.hset(self.sk.user(uid), mapping=fields)
-            if st.get(_NEW_TEXT) is not None:
-                pipe.set(self.sk.text(uid), st[_NEW_TEXT])
-        entries = store.catalog_entries(self.model, t)
-        if entries:
-            pipe.hset(self.sk.catalog, mapping={k: json.dumps(v) for k, v in entries.items()})
-        pipe.hset(self.sk.state, mapping={
-            "model": store.encode_model(self.model), "version": self.model.version,
-            "applied": json.dumps(list(self.applied)),
-        })
-        pipe.hincrby(self.sk.state, "rev", 1)
-        self.rev = int(pipe.execute()[-1])
-        self._entries = entries
 
-    def _publish_catalog(self, events: list[dict[str, Any]], t: int) -> None:
-        entries = self._entries
+    def _catalog_out(self, entries: dict[str, dict[str, Any]], events: list[dict[str, Any]],
+                     published: list[int]) -> list[tuple[str, dict[str, Any]]]:
+        """The catalog entries to publish: all every ``catalog_refresh_s``, else those a
+        lineage event touched or whose content changed (with the event when there is one)."""
         full = time.monotonic() - self._catalog_at > self.s.catalog_refresh_s
         touched = {e["segment_id"]: e for e in events}
         out = []
         for sid, entry in entries.items():
-            sig = store.signature(entry)
+            sig = signature(entry)
             if full or sid in touched or self._catalog_sig.get(sid) != sig:
-                if sid in touched:
-                    ev = touched[sid]
-                    entry = {**entry, "event": {"event": ev["event"], "parents": ev["parents"],
-                                                "into": ev["into"], "at": store.iso(ev["at_ms"])}}
-                out.append((sid, entry))
+                out.append((sid, with_event(entry, touched[sid]) if sid in touched else entry))
                 self._catalog_sig[sid] = sig
         if full:
             self._catalog_at = time.monotonic()
-        self._publish(self.settings.topics.catalog, out)
-        self.metrics.catalog.inc(len(out))
+        published.append(len(out))
+        return out
 
     def _publish(self, topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:
         """Send and wait for every ack (raises on failure, so nothing gets acked)."""
@@ -415,23 +377,11 @@ class SegmenterService:
         m.version.set(self.model.version)
 
     # ------------------------------------------------------------------ model state
-    @contextlib.contextmanager
-    def _model_lock(self) -> Iterator[Any]:
-        lock = self.redis.lock(self.sk.lock, timeout=self.s.lock_ttl_s,
-                               blocking_timeout=self.s.lock_ttl_s * 2)
-        if not lock.acquire():
-            raise InfraError("could not take the segmenter model lock")
-        try:
-            yield lock
-        finally:
-            with contextlib.suppress(redis.exceptions.LockError):
-                lock.release()
-
     def _refresh_model(self) -> None:
         """Reload the model when another writer (or a restart) moved the stored revision."""
-        if store.read_rev(self.redis, self.sk) == self.rev:
+        if store.read_rev(self.redis, self.keys) == self.rev:
             return
-        model, rev, applied = store.read_state(self.redis, self.sk)
+        model, rev, applied = store.read_state(self.redis, self.keys)
         if model is None:
             model = OnlineSegmenter(self.config)
         elif model.config != self.config:

@@ -1,79 +1,43 @@
-"""Where the segmenter keeps its state in Redis, and the records it publishes.
+"""The segmenter's state in Redis and its one writer (used by the segmenter and rollout).
 
-Key layout (all segmenter-wide keys share the hash tag ``{<prefix>:seg}``, so they live on
-one Redis Cluster slot; per-user keys use the user tag of ``Keys.user``):
+Keys (``segstream.keys.Keys``; the segmenter-wide keys share the ``{<prefix>:seg}`` hash
+tag, the per-user ones the user's tag):
 
-- ``{p:seg}:state``   hash: ``model`` (zlib-compressed JSON of ``OnlineSegmenter.to_dict``),
-                      ``rev`` (+1 per write: other consumers reload when it moved),
-                      ``version`` (centroids version), ``applied`` (JSON list of the most
-                      recent stream entry ids whose effect is in ``model``)
-- ``{p:seg}:catalog`` hash: segment or family id -> current catalog entry (JSON)
-- ``{p:seg}:lock``    string: the lease that serialises model updates across consumers
-- ``u:{uid}:seg``     hash: segment_id, confidence, memberships, tier_path, text_hash,
-                      model_version, centroids_version, assigned_ms, engagement,
-                      first_seen_ms, last_active_ms, frequency, monetary (short values
-                      only, so Redis keeps it as a compact listpack)
-- ``u:{uid}:segtext`` string: the feature text at the user's last segment change (the
-                      next change record lists the sentences that changed since)
+- ``seg_state()``   hash: ``model`` (zlib-compressed JSON of ``OnlineSegmenter.to_dict``),
+                    ``rev`` (+1 per write: other consumers reload when it moved),
+                    ``version`` (centroids version), ``applied`` (JSON list of the most
+                    recent stream entry ids whose effect is in ``model``)
+- ``seg_catalog()`` hash: segment or family id -> current catalog entry (JSON)
+- ``seg_lock()``    string: the lease that serialises writers (consumers and rollout)
+- ``seg(uid)``      hash: segment_id, confidence, memberships, tier_path, text_hash,
+                    model_version, centroids_version, assigned_ms, engagement,
+                    first_seen_ms, last_active_ms, frequency, monetary (short values
+                    only, so Redis keeps it as a compact listpack)
+- ``seg_text(uid)`` string: the feature text at the user's last segment change (the
+                    next change record lists the sentences that changed since)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
-from datetime import UTC, datetime
-from importlib import resources
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 
 from segstream.config import Settings
-from segstream.feature_store import parse_state
-from segstream.features import summarize, zone
-from segstream.redis_io import Keys
-from segstream.segmentation import OnlineSegmenter
+from segstream.errors import InfraError
+from segstream.features import Rfm
+from segstream.keys import Keys
+from segstream.records import catalog_entries
+from segstream.segmentation import Assignment, OnlineSegmenter
 from segstream.segmentation.engagement import EngagementThresholds, engagement_tier
 
-SCHEMA_VERSION = 1
 APPLIED_KEEP = 4096
-
-
-class SegKeys:
-    """Segmenter key names (see the module docstring)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.keys = Keys(prefix)
-        self.tag = f"{{{prefix}:seg}}"
-
-    @property
-    def state(self) -> str:
-        return f"{self.tag}:state"
-
-    @property
-    def catalog(self) -> str:
-        return f"{self.tag}:catalog"
-
-    @property
-    def lock(self) -> str:
-        return f"{self.tag}:lock"
-
-    def user(self, user_id: str) -> str:
-        return self.keys.user(user_id, "seg")
-
-    def text(self, user_id: str) -> str:
-        return self.keys.user(user_id, "segtext")
-
-
-def iso(ms: int | float) -> str:
-    """Epoch milliseconds as ISO-8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """A JSON Schema shipped in ``segstream/schemas``."""
-    text = resources.files("segstream").joinpath(f"schemas/{name}.schema.json").read_text()
-    return json.loads(text)
+Records = list[tuple[str, dict[str, Any]]]
+Publish = Callable[[str, Records], None]  # send to a topic and wait for every ack
 
 
 def encode_model(model: OnlineSegmenter) -> bytes:
@@ -84,128 +48,116 @@ def decode_model(raw: bytes) -> OnlineSegmenter:
     return OnlineSegmenter.from_dict(json.loads(zlib.decompress(raw)))
 
 
-def read_rev(client: redis.Redis, keys: SegKeys) -> int:
-    raw = client.hget(keys.state, "rev")
+def read_rev(client: redis.Redis, keys: Keys) -> int:
+    raw = client.hget(keys.seg_state(), "rev")
     return int(raw) if raw else 0
 
 
-def read_state(client: redis.Redis, keys: SegKeys) -> tuple[OnlineSegmenter | None, int,
-                                                             list[str]]:
+def read_state(client: redis.Redis, keys: Keys) -> tuple[OnlineSegmenter | None, int,
+                                                          list[str]]:
     """The stored model (None before the first write), its revision and applied ids."""
-    raw = client.hmget(keys.state, ["model", "rev", "applied"])
+    raw = client.hmget(keys.seg_state(), ["model", "rev", "applied"])
     if raw[0] is None:
         return None, 0, []
     return decode_model(raw[0]), int(raw[1] or 0), json.loads(raw[2] or b"[]")
 
 
-def rfm(raw_features: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
-    """Recency, frequency and monetary value from the ingest feature hash (event time):
-    the newest event, events and spend over the longest window, and the oldest kept day
-    (a lower bound of tenure). Empty when ingest keeps no features for the user."""
-    if not raw_features:
-        return {}
-    state = parse_state(((k.decode(), v.decode()) for k, v in raw_features.items()), ())
-    if state.last_ts is None:
-        return {}
-    longest = max(summarize(state, settings.ingest).windows, key=lambda w: w.days)
-    days = [int(name.split(":", 1)[1]) for name in state.buckets if ":" in name]
-    tz = zone(settings.ingest.timezone)
-    oldest = (int(datetime.fromordinal(min(days)).replace(tzinfo=tz).timestamp() * 1000)
-              if days else state.last_ts)
-    return {"last_active_ms": state.last_ts, "frequency": longest.events,
-            "monetary": round(longest.spend, 2), "oldest_event_ms": oldest}
-
-
-def engagement(seg: dict[str, str], raw_features: dict[bytes, bytes], settings: Settings,
-               now_ms: int) -> str | None:
-    """A user's engagement tier now: ingest's event-time RFM when it has features, else
-    what the segmenter stored at the last assignment."""
-    found = rfm(raw_features, settings)
-    if not found:
-        return seg.get("engagement")
+def thresholds(settings: Settings) -> EngagementThresholds:
     s = settings.segmenter
-    first = min(int(seg.get("first_seen_ms") or found["oldest_event_ms"]),
-                found["oldest_event_ms"])
-    return engagement_tier(first, found["last_active_ms"], found["frequency"], now_ms,
-                           found["monetary"], EngagementThresholds(
-                               s.new_days, s.at_risk_days, s.dormant_days, s.loyal_frequency,
-                               s.loyal_spend or float("inf")))
+    return EngagementThresholds(s.new_days, s.at_risk_days, s.dormant_days, s.loyal_frequency,
+                                s.loyal_spend or float("inf"))
+
+
+def engagement(seg: dict[str, str], rfm: Rfm | None, settings: Settings, now_ms: int
+               ) -> str | None:
+    """A user's engagement tier now: from ingest's event-time RFM (``Keys.rfm``) when it
+    has published one, else what the segmenter stored at the last assignment."""
+    if rfm is None:
+        return seg.get("engagement")
+    first = min(int(seg.get("first_seen_ms") or rfm.first_event_ms), rfm.first_event_ms)
+    return engagement_tier(first, rfm.last_active_ms, rfm.frequency, now_ms, rfm.monetary,
+                           thresholds(settings))
 
 
 def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def change_record(a: Any, label: str, engagement: str, text_changes: dict[str, list[str]],
-                  model_version: str, centroids_version: int, event_ms: int, now_ms: int
-                  ) -> dict[str, Any]:
-    """The ``segstream.segments`` record of one changed ``Assignment``."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "user_id": a.key,
-        "segment_id": a.segment_id,
-        "tier_path": a.tier_path,
-        "label": label,
-        "confidence": round(min(1.0, max(0.0, a.confidence)), 6),
-        "memberships": [{"segment_id": s, "weight": round(min(1.0, max(0.0, w)), 6)}
-                        for s, w in a.memberships],
-        "previous_segment_id": a.previous_segment_id,
-        "explanation": {
-            "reason": a.reason,
-            "distance": round(a.distance, 6),
-            "previous_distance": (None if a.previous_distance is None
-                                  else round(a.previous_distance, 6)),
-            "distance_margin": round(a.margin, 6),
-            "text_changes": text_changes,
-        },
-        "engagement_tier": engagement,
-        "model_version": model_version,
-        "centroids_version": centroids_version,
-        "event_time": iso(event_ms),
-        "emitted_at": iso(now_ms),
-    }
+def assignment_fields(a: Assignment, centroids_version: int, now_ms: int) -> dict[str, Any]:
+    """The ``seg(uid)`` fields an assignment sets (the caller adds its own)."""
+    return {"segment_id": a.segment_id, "confidence": round(a.confidence, 6),
+            "memberships": json.dumps([[s, round(w, 4)] for s, w in a.memberships],
+                                      separators=(",", ":")),
+            "tier_path": json.dumps(a.tier_path, separators=(",", ":")),
+            "centroids_version": centroids_version, "assigned_ms": now_ms}
 
 
-def catalog_entries(model: OnlineSegmenter, now_ms: int) -> dict[str, dict[str, Any]]:
-    """The catalog entry of every segment and family the model has ever had."""
-    out: dict[str, dict[str, Any]] = {}
-    version = max(1, model.version)
-    for sid, seg in model.segments.items():
-        out[sid] = {
-            "schema_version": SCHEMA_VERSION, "segment_id": sid, "tier": 2,
-            "tier_path": model.tier_path(sid),
-            "status": "active" if seg.active else "retired",
-            "label": seg.label or "unlabelled", "description": seg.description,
-            "top_terms": seg.top_terms, "size": seg.size, "children": seg.children,
-            "centroids_version": version, "model_version": model.model_version,
-            "lineage": {
-                "born_at": iso(seg.born_ms), "origin": seg.origin, "parents": seg.parents,
-                "split_from": seg.parents[0] if seg.origin == "split" else None,
-                "merged_into": seg.merged_into,
-                "retired_at": None if seg.retired_ms is None else iso(seg.retired_ms),
-            },
-            "updated_at": iso(now_ms),
-        }
-    for fid, fam in model.families.items():
-        out[fid] = {
-            "schema_version": SCHEMA_VERSION, "segment_id": fid, "tier": 1,
-            "tier_path": [fid], "status": "active" if fam.retired_ms is None else "retired",
-            "label": fam.label or "unlabelled", "description": fam.description,
-            "top_terms": [], "size": sum(model.segments[s].size for s in fam.members),
-            "children": sorted(fam.members, key=lambda s: int(s[1:])),
-            "centroids_version": version, "model_version": model.model_version,
-            "lineage": {
-                "born_at": iso(fam.born_ms), "origin": "family", "parents": [],
-                "split_from": None, "merged_into": None,
-                "retired_at": None if fam.retired_ms is None else iso(fam.retired_ms),
-            },
-            "updated_at": iso(now_ms),
-        }
-    return out
+class SegmentStateWriter:
+    """The one writer of segment state: users' segment hashes, the model state and the
+    catalog in Redis, and the change and catalog records on Kafka. The segmenter loop and
+    model rollout both write through ``commit``, under ``lock``."""
 
+    def __init__(self, client: redis.Redis, keys: Keys, publish: Publish,
+                 segments_topic: str, catalog_topic: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.publish = publish
+        self.segments_topic = segments_topic
+        self.catalog_topic = catalog_topic
 
-def signature(entry: dict[str, Any]) -> str:
-    """What makes a catalog entry worth republishing (not the clock or small size moves)."""
-    keep = {k: v for k, v in entry.items()
-            if k not in ("updated_at", "centroids_version", "size", "event")}
-    return json.dumps(keep, sort_keys=True)
+    @contextlib.contextmanager
+    def lock(self, ttl_s: float) -> Iterator[Any]:
+        """Hold the lease that serialises writers (waits up to ``2 * ttl_s`` for it)."""
+        lock = self.client.lock(self.keys.seg_lock(), timeout=ttl_s,
+                                blocking_timeout=ttl_s * 2)
+        if not lock.acquire():
+            raise InfraError("could not take the segmenter model lock")
+        try:
+            yield lock
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+
+    def commit(self, model: OnlineSegmenter, now_ms: int, *, changes: Records,
+               users: dict[str, dict[str, Any]], texts: dict[str, str], applied: list[str],
+               lock: Any = None,
+               select_catalog: Callable[[dict[str, dict[str, Any]]], Records] | None = None,
+               extra: Callable[[Any], None] | None = None) -> int:
+        """Write one batch's effect, in this order; returns the new state revision.
+
+        1. Publish ``changes`` (user id, ``records.change_record``) to the segments topic
+           and wait for every ack; a failure raises and nothing below happens.
+        2. Check that ``lock`` (when given) is still held; raise ``InfraError`` if not.
+        3. In one Redis pipeline: each user's ``seg(uid)`` fields (``users``; HSET merges
+           into what is stored), ``seg_text(uid)`` for ``texts``, the caller's ``extra``
+           commands (rollout: vector rotation), every catalog entry of ``model``, the
+           model state with ``applied``, and ``rev`` + 1.
+        4. Publish the catalog entries ``select_catalog`` picks from this batch's entries
+           (default: all) and wait for the acks.
+
+        A crash before 3 leaves Redis as it was: the caller replays and may publish the
+        same change records again (at-least-once); a crash after 3 and before 4 leaves
+        the catalog topic behind until the next publication of those entries.
+        """
+        self.publish(self.segments_topic, changes)                              # 1
+        if lock is not None and not lock.owned():                               # 2
+            raise InfraError("lost the segmenter model lock mid-batch; batch will be replayed")
+        entries = catalog_entries(model, now_ms)
+        pipe = self.client.pipeline(transaction=False)                          # 3
+        for uid, fields in users.items():
+            pipe.hset(self.keys.seg(uid), mapping=fields)
+        for uid, text in texts.items():
+            pipe.set(self.keys.seg_text(uid), text)
+        if extra is not None:
+            extra(pipe)
+        if entries:
+            pipe.hset(self.keys.seg_catalog(),
+                      mapping={k: json.dumps(v) for k, v in entries.items()})
+        pipe.hset(self.keys.seg_state(), mapping={
+            "model": encode_model(model), "version": model.version,
+            "applied": json.dumps(applied)})
+        pipe.hincrby(self.keys.seg_state(), "rev", 1)
+        rev = int(pipe.execute()[-1])
+        out = select_catalog(entries) if select_catalog else list(entries.items())
+        self.publish(self.catalog_topic, out)                                   # 4
+        return rev

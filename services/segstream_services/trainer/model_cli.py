@@ -38,7 +38,7 @@ def register_model(sub: Any) -> None:
 def _rollout(settings: Settings) -> Any:
     from segstream.kafka_io import KafkaClients
     from segstream.redis_io import check_redis, redis_client
-    from segstream_services.encoder.rollout import Rollout
+    from segstream_services.rollout.service import Rollout
 
     client = redis_client(settings.redis)
     check_redis(client)
@@ -80,7 +80,7 @@ def cmd_model_rollout(settings: Settings, args: argparse.Namespace) -> int:
             update={"model_path": Path(args.dir)}))
     rollout, producer = _rollout(settings)
     try:
-        model, _, _ = store.read_state(rollout.client, rollout.sk)
+        model, _, _ = store.read_state(rollout.client, rollout.keys)
         current = (model.model_version if model and model.model_version else "")
         current_path = str(settings.encoder.model_path or default_model_path())
         rollout.start(str(Path(args.dir).resolve()), encoder.model_version, current_path,
@@ -110,7 +110,7 @@ def cmd_model_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_model_status(settings: Settings, args: argparse.Namespace) -> int:
     from segstream.redis_io import Keys, check_redis, redis_client
-    from segstream_services.encoder.rollout import Registry
+    from segstream_services.rollout.registry import Registry
 
     client = redis_client(settings.redis)
     check_redis(client)

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import ThreadpoolController
 
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, DataError, StateError
 from segstream.segmentation import labels as seg_labels
 from segstream.segmentation import state
 from segstream.segmentation.ids import match_by_overlap
@@ -182,7 +182,7 @@ class OnlineSegmenter:
     def assign(self, vector: np.ndarray, previous: str | None = None) -> Assignment:
         """Assign one embedding without updating anything (read-only)."""
         if self.centres is None:
-            raise ConfigError("the segmenter has not completed its cold start yet")
+            raise StateError("the segmenter has not completed its cold start yet")
         x = self._prepare(np.asarray(vector)[None, :])
         return self._assign_one(Observation("", x[0], "", previous), self._dist(x)[0])
 
@@ -191,7 +191,7 @@ class OnlineSegmenter:
         """Assign each observation as ``assign`` would (hysteresis against its
         ``previous`` segment), in one matrix product; updates nothing (read-only)."""
         if self.centres is None:
-            raise ConfigError("the segmenter has not completed its cold start yet")
+            raise StateError("the segmenter has not completed its cold start yet")
         if not observations:
             return []
         X = self._prepare(np.stack([np.asarray(o.vector) for o in observations]))
@@ -207,7 +207,7 @@ class OnlineSegmenter:
         centres still match, and assign everyone."""
         X = self._prepare(np.stack([np.asarray(o.vector) for o in batch]))
         if len(X) < self.config.k:
-            raise ConfigError(f"need at least k={self.config.k} users to fit, got {len(X)}")
+            raise DataError(f"need at least k={self.config.k} users to fit, got {len(X)}")
         self.n_seen += len(batch)
         self._fit(X, now_ms, origin="refit" if self.trained else "cold-start", previous=None)
         return self._assign_all(batch, X, now_ms, reset_sizes=True)
@@ -219,7 +219,7 @@ class OnlineSegmenter:
         comparable."""
         X = self._prepare(np.stack([np.asarray(o.vector) for o in batch]))
         if len(X) < self.config.k:
-            raise ConfigError(f"need at least k={self.config.k} users to refit, got {len(X)}")
+            raise DataError(f"need at least k={self.config.k} users to refit, got {len(X)}")
         self._fit(X, now_ms, origin="refit", previous=[o.previous for o in batch])
         return self._assign_all(batch, X, now_ms, reset_sizes=True)
 
@@ -231,10 +231,10 @@ class OnlineSegmenter:
     # ------------------------------------------------------------------ clustering
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         if X.ndim != 2 or not np.isfinite(X).all():
-            raise ConfigError("embeddings must be a finite 2-D array")
+            raise DataError("embeddings must be a finite 2-D array")
         X = X.astype(np.float64)
         if self.centres is not None and X.shape[1] != self.centres.shape[1]:
-            raise ConfigError(
+            raise DataError(
                 f"embedding dimension {X.shape[1]} != model dimension {self.centres.shape[1]}")
         if self.config.normalise:
             X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), _EPS)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segstream.errors import ConfigError
+from segstream.errors import StateError
 from segstream.segmentation.types import Family, Observation, SegConfig, Segment
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def to_dict(model: OnlineSegmenter) -> dict[str, Any]:
 def from_dict(cls: type[OnlineSegmenter], data: dict[str, Any]) -> OnlineSegmenter:
     """Rebuild a segmenter of class ``cls`` from ``to_dict`` output."""
     if data.get("format") != STATE_FORMAT:
-        raise ConfigError(f"unknown segmenter state format {data.get('format')!r}")
+        raise StateError(f"unknown segmenter state format {data.get('format')!r}")
     model = cls(SegConfig(**data["config"]))
     model.centres, model.counts = _dec(data["centres"]), _dec(data["counts"])
     model.slot_ids = list(data["slot_ids"])

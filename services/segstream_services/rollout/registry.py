@@ -1,0 +1,69 @@
+"""The model registry (``Keys.model_registry``) and the encoder workers' ``ModelWatcher``.
+
+The registry hash names the active, previous and target model (path and version) and the
+rollout phase; every process and ``segstream model status`` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from segstream.encoding import Encoder
+from segstream.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class Registry:
+    """The registry hash: active, previous and target model, and the phase."""
+
+    FIELDS = ("active_path", "active_version", "previous_path", "previous_version",
+              "target_path", "target_version", "phase", "users", "changed", "changed_share",
+              "bound_share", "updated_ms")
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.key = keys.model_registry()
+
+    def read(self) -> dict[str, str]:
+        raw = self.client.hgetall(self.key)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def set(self, **values: Any) -> None:
+        values["updated_ms"] = int(time.time() * 1000)
+        self.client.hset(self.key, mapping={k: str(v) for k, v in values.items()})
+
+
+class ModelWatcher:
+    """Keeps an encoder worker on the registry's active model: before a claim, at most
+    once per ``every_s``, it loads the active version when it differs (no restart)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, every_s: float = 1.0,
+                 load: Callable[[str], Encoder] | None = None) -> None:
+        self.registry = Registry(client, keys)
+        self.every_s = every_s
+        self.load = load or (lambda path: Encoder(path))
+        self._at = 0.0
+
+    def check(self, worker: Any) -> bool:
+        """Swap ``worker.encoder`` (and its text cache) when the active version moved."""
+        if time.monotonic() - self._at < self.every_s:
+            return False
+        self._at = time.monotonic()
+        state = self.registry.read()
+        version, path = state.get("active_version"), state.get("active_path")
+        if not version or not path or version == worker.encoder.model_version:
+            return False
+        encoder = self.load(path)
+        if encoder.model_version != version:
+            log.error("model %s has version %s, the registry says %s: not switching", path,
+                      encoder.model_version, version)
+            return False
+        worker.swap_encoder(encoder)
+        log.info("encoder switched to %s without a restart", version)
+        return True
