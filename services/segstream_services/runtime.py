@@ -84,8 +84,8 @@ def run_service(name: str, service: Service, *, metrics: ServiceMetrics, port: i
                      signal.Signals(signum).name)
             service.stop()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
     server = None
     try:
         if port:
@@ -99,7 +99,7 @@ def run_service(name: str, service: Service, *, metrics: ServiceMetrics, port: i
         if server is not None:
             server.shutdown()
             server.server_close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     log.info("%s stopped: %s", name, summary(result) if summary else "done")
     return result

@@ -193,7 +193,7 @@ class InterestSettings(BaseModel):
     fallback: Literal["cooccurrence", "skip"] = "cooccurrence"
     item_text_chars: int = Field(default=160, ge=16, le=2_000)
     view_weights: dict[Literal["interest", "text"], float] = Field(
-        default_factory=lambda: {"interest": 1.0, "text": 0.5})
+        default_factory=lambda: dict[Literal["interest", "text"], float](interest=1.0, text=0.5))
 
 
 class SegmenterSettings(BaseModel):
@@ -280,12 +280,16 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     Raises ``ConfigError`` (one line) for a missing file or an invalid value.
     """
     path = config_file or os.environ.get("SEGSTREAM_CONFIG")
-    cls = Settings
+    cls: type[Settings] = Settings
     if path:
         if not Path(path).is_file():
             raise ConfigError(f"config file not found: {path}")
-        config = {**Settings.model_config, "toml_file": Path(path)}
-        cls = type("FileSettings", (Settings,), {"model_config": config})
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(**{**Settings.model_config,
+                                                 "toml_file": Path(path)})
+
+        cls = FileSettings
     try:
         return cls(**overrides)
     except ValidationError as exc:
