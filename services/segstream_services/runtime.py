@@ -99,7 +99,7 @@ def run_service(name: str, service: Service, *, metrics: ServiceMetrics, port: i
         if server is not None:
             server.shutdown()
             server.server_close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     log.info("%s stopped: %s", name, summary(result) if summary else "done")
     return result

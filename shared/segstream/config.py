@@ -172,6 +172,10 @@ class EncoderSettings(BaseModel):
     stream_maxlen: int = Field(default=500_000, ge=1_000)
 
 
+def _view_weights(interest: float, text: float) -> dict[Literal["interest", "text"], float]:
+    return {"interest": interest, "text": text}
+
+
 class InterestSettings(BaseModel):
     """The interest view: a time-decayed, event-type-weighted mean of the user's item vectors.
 
@@ -193,7 +197,7 @@ class InterestSettings(BaseModel):
     fallback: Literal["cooccurrence", "skip"] = "cooccurrence"
     item_text_chars: int = Field(default=160, ge=16, le=2_000)
     view_weights: dict[Literal["interest", "text"], float] = Field(
-        default_factory=lambda: dict[Literal["interest", "text"], float](interest=1.0, text=0.5))
+        default_factory=lambda: _view_weights(interest=1.0, text=0.5))
 
 
 class SegmenterSettings(BaseModel):
@@ -284,10 +288,11 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     if path:
         if not Path(path).is_file():
             raise ConfigError(f"config file not found: {path}")
+        toml_file = Path(path)
 
         class FileSettings(Settings):
             model_config = SettingsConfigDict(**{**Settings.model_config,
-                                                 "toml_file": Path(path)})
+                                                 "toml_file": toml_file})
 
         cls = FileSettings
     try:
