@@ -47,12 +47,13 @@ class Rollout:
     """Runs a rollout or rollback against Redis (and the segments/catalog topics)."""
 
     def __init__(self, client: redis.Redis, prefix: str, publish: store.Publish,
-                 segments_topic: str, catalog_topic: str, batch: int = 256) -> None:
+                 segments_topic: str, catalog_topic: str, batch: int = 256,
+                 assignments_topic: str | None = None) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.registry = Registry(client, self.keys)
         self.writer = store.SegmentStateWriter(client, self.keys, publish, segments_topic,
-                                               catalog_topic)
+                                               catalog_topic, assignments_topic)
         self.batch = batch
 
     def current_model_version(self) -> str:

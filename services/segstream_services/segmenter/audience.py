@@ -55,12 +55,6 @@ def stage_forget(pipe: Any, keys: Keys, user_id: str, old: str | None) -> None:
     stage_move(pipe, keys, user_id, old, None)
 
 
-def assignment_records(changes: Iterable[Mapping[str, Any]]
-                       ) -> list[tuple[str, Mapping[str, Any]]]:
-    """(key, value) pairs for the assignments topic: the change records themselves."""
-    return [(str(r["user_id"]), r) for r in changes]
-
-
 def tombstone(producer: Any, topic: str, user_id: str, timeout_s: float = 30.0) -> None:
     """Publish the tombstone (null value) of a forgotten user and wait for the ack."""
     producer.send(topic, key=user_id.encode(), value=None).get(timeout=timeout_s)

@@ -42,7 +42,7 @@ from segstream.segmentation import Assignment, Observation, OnlineSegmenter, Seg
 from segstream.segmentation.engagement import engagement_tier
 from segstream.segmentation.labels import text_changes
 from segstream.stream_entry import EmbeddedEntry
-from segstream_services.segmenter import store
+from segstream_services.segmenter import audience, store
 from segstream_services.segmenter.metrics import SegmenterMetrics
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class SegmenterService:
         self.thresholds = store.thresholds(settings)
         self.writer = store.SegmentStateWriter(self.redis, self.keys, self._publish,
                                                settings.topics.segments,
-                                               settings.topics.catalog)
+                                               settings.topics.catalog,
+                                               settings.topics.assignments)
         self.stop_event = threading.Event()
         self.model = OnlineSegmenter(self.config)
         self.rev = -1
@@ -217,6 +218,9 @@ class SegmenterService:
             applied=list(self.applied), lock=lock,
             select_catalog=lambda entries: self._catalog_out(entries, events, published))
         self.metrics.catalog.inc(sum(published))
+        for s in audience.freshness_seconds(changes, {u: st.get("last_active_ms") for u, st
+                                                      in states.items()}, now_ms()):
+            self.metrics.freshness.observe(s)
         self._observe_metrics(assignments, changes, events)
 
     def _observation(self, uid: str, entry: EmbeddedEntry, emb: dict[bytes, bytes],

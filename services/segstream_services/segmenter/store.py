@@ -34,6 +34,7 @@ from segstream.keys import Keys
 from segstream.records import catalog_entries
 from segstream.segmentation import Assignment, OnlineSegmenter
 from segstream.segmentation.engagement import EngagementThresholds, engagement_tier
+from segstream_services.segmenter import audience
 
 APPLIED_KEEP = 4096
 Records = list[tuple[str, dict[str, Any]]]
@@ -98,12 +99,14 @@ class SegmentStateWriter:
     model rollout both write through ``commit``, under ``lock``."""
 
     def __init__(self, client: redis.Redis, keys: Keys, publish: Publish,
-                 segments_topic: str, catalog_topic: str) -> None:
+                 segments_topic: str, catalog_topic: str,
+                 assignments_topic: str | None = None) -> None:
         self.client = client
         self.keys = keys
         self.publish = publish
         self.segments_topic = segments_topic
         self.catalog_topic = catalog_topic
+        self.assignments_topic = assignments_topic
 
     @contextlib.contextmanager
     def lock(self, ttl_s: float) -> Iterator[Any]:
@@ -125,11 +128,13 @@ class SegmentStateWriter:
                extra: Callable[[Any], None] | None = None) -> int:
         """Write one batch's effect, in this order; returns the new state revision.
 
-        1. Publish ``changes`` (user id, ``records.change_record``) to the segments topic
-           and wait for every ack; a failure raises and nothing below happens.
+        1. Publish ``changes`` (user id, ``records.change_record``) to the segments topic,
+           and the same records to the compacted assignments topic, and wait for every
+           ack; a failure raises and nothing below happens.
         2. Check that ``lock`` (when given) is still held; raise ``InfraError`` if not.
-        3. In one Redis pipeline: each user's ``seg(uid)`` fields (``users``; HSET merges
-           into what is stored), ``seg_text(uid)`` for ``texts``, the caller's ``extra``
+        3. In one MULTI/EXEC: each user's ``seg(uid)`` fields (``users``; HSET merges
+           into what is stored) with its move between member sets (``audience``),
+           ``seg_text(uid)`` for ``texts``, the caller's ``extra``
            commands (rollout: vector rotation), every catalog entry of ``model``, the
            model state with ``applied``, and ``rev`` + 1.
         4. Publish the catalog entries ``select_catalog`` picks from this batch's entries
@@ -140,12 +145,17 @@ class SegmentStateWriter:
         the catalog topic behind until the next publication of those entries.
         """
         self.publish(self.segments_topic, changes)                              # 1
+        if self.assignments_topic:
+            self.publish(self.assignments_topic, changes)  # the latest per user: current
         if lock is not None and not lock.owned():                               # 2
             raise InfraError("lost the segmenter model lock mid-batch; batch will be replayed")
         entries = catalog_entries(model, now_ms)
-        pipe = self.client.pipeline(transaction=False)                          # 3
+        old = audience.stored_segments(self.client, self.keys, users)
+        pipe = self.client.pipeline(transaction=True)                           # 3
         for uid, fields in users.items():
             pipe.hset(self.keys.seg(uid), mapping=fields)
+            audience.stage_move(pipe, self.keys, uid, old[uid],
+                                fields.get("segment_id") or old[uid])
         for uid, text in texts.items():
             pipe.set(self.keys.seg_text(uid), text)
         if extra is not None:

@@ -55,7 +55,8 @@ def _rollout(settings: Settings) -> Any:
             f.get(timeout=timeout)
 
     return Rollout(client, settings.redis.key_prefix, publish, settings.topics.segments,
-                   settings.topics.catalog), producer
+                   settings.topics.catalog,
+                   assignments_topic=settings.topics.assignments), producer
 
 
 def _print_report(report: Any, what: str) -> None:
