@@ -27,7 +27,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 from pydantic import ValidationError
@@ -37,6 +37,8 @@ from segstream.client_models import (
     Assignment,
     Change,
     ChangeRecord,
+    EngagementTier,
+    Membership,
     MembersPage,
     Segment,
     UserSegment,
@@ -131,10 +133,10 @@ class SegmentClient:
         return UserSegment(
             user_id=user_id, segment_id=h["segment_id"], label=labels[-1],
             confidence=min(1.0, max(0.0, float(h.get("confidence") or 0.0))),
-            memberships=[{"segment_id": s, "weight": min(1.0, max(0.0, w))}
+            memberships=[Membership(segment_id=s, weight=min(1.0, max(0.0, w)))
                          for s, w in json.loads(h.get("memberships") or "[]")],
             tier_path=path, tier_labels=labels,
-            engagement_tier=tier if tier in _TIERS else None,
+            engagement_tier=cast(EngagementTier, tier) if tier in _TIERS else None,
             model_version=h.get("model_version") or None,
             centroids_version=int(h.get("centroids_version") or 0),
             updated_at=_iso_ms(h.get("assigned_ms")))

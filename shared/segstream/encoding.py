@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no code path may reach a model hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -77,7 +77,7 @@ def vec_from_bytes(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f2").astype(np.float32)
 
 
-def _read_json(path: Path) -> dict | list | None:
+def _read_json(path: Path) -> Any:
     if not path.is_file():
         return None
     try:

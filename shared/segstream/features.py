@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -226,7 +227,8 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
         return Features(None, None, empty, None, ())
     ref_day = calendar(ref_ms, settings)[0]
     spans = sorted(settings.windows_days)
-    acc = [{"c": Counter(), "k": Counter(), "t": Counter(), "m": Counter()} for _ in spans]
+    acc: list[dict[str, Counter[str]]] = [
+        {"c": Counter(), "k": Counter(), "t": Counter(), "m": Counter()} for _ in spans]
     active: list[set[int]] = [set() for _ in spans]
     last_purchase_day: int | None = None
     first = ref_day - spans[-1] + 1
@@ -299,7 +301,8 @@ class Rfm:
                 "monetary": f"{self.monetary:.2f}", "first_event_ms": str(self.first_event_ms)}
 
     @classmethod
-    def from_fields(cls, raw: dict[bytes, bytes] | dict[str, str]) -> Rfm | None:
+    def from_fields(cls, raw: Mapping[bytes | str, bytes | str] | Mapping[str, str]
+                    ) -> Rfm | None:
         """The RFM read back from ``Keys.rfm``; None when the hash is absent or partial."""
         f = {(k.decode() if isinstance(k, bytes) else k):
              (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}

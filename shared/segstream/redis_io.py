@@ -3,13 +3,21 @@ re-exported here for existing imports)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import redis
 
 from segstream.config import RedisSettings
 from segstream.errors import InfraError
 from segstream.keys import Keys
 
-__all__ = ["Keys", "check_redis", "redis_client"]
+__all__ = ["Keys", "check_redis", "decode_fields", "redis_client"]
+
+
+def decode_fields(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash as ``HGETALL`` returns it (bytes replies) with text keys and values."""
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
+                                                          else v) for k, v in raw.items()}
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis:

@@ -15,6 +15,7 @@ import redis
 
 from segstream.encoding import Encoder
 from segstream.keys import Keys
+from segstream.redis_io import decode_fields
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Registry:
 
     def read(self) -> dict[str, str]:
         raw = self.client.hgetall(self.key)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return decode_fields(raw)
 
     def set(self, **values: Any) -> None:
         values["updated_ms"] = int(time.time() * 1000)

@@ -178,7 +178,7 @@ def _item_pairs(args: argparse.Namespace, events: list, until: int | None
     )
 
     kinds = tuple(k.strip() for k in args.pair_kinds.split(",") if k.strip())
-    built = make_item_pairs(events, until_ms=until, kinds=kinds,  # type: ignore[arg-type]
+    built = make_item_pairs(events, until_ms=until, kinds=kinds,
                             basket_gap_s=args.basket_gap, sequence_gap_s=args.sequence_gap,
                             per_user=args.pairs_per_user or 50, max_pairs=args.max_pairs,
                             popularity_power=args.popularity_power,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from segstream.encoding import Pooling
-from segstream.errors import ConfigError, StateError
+from segstream.errors import StateError
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
