@@ -361,7 +361,7 @@ class FeatureStore:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for uid, values in (rfm or {}).items():
-            pipe.hset(self.keys.rfm(uid), mapping={**values.to_fields()})
+            pipe.hset(self.keys.rfm(uid), mapping=values.to_fields())
             pipe.expire(self.keys.rfm(uid), ttl)
         if not marked:
             pipe.execute()

@@ -30,6 +30,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from redis.typing import EncodableT, FieldT
+
 from segstream.config import IngestSettings
 from segstream.errors import ConfigError
 from segstream.events import Event
@@ -296,7 +298,8 @@ class Rfm:
             tzinfo=zone(settings.timezone)).timestamp() * 1000) if days else state.last_ts)
         return cls(state.last_ts, longest.events, round(longest.spend, 2), first)
 
-    def to_fields(self) -> dict[str, str]:
+    def to_fields(self) -> dict[FieldT, EncodableT]:
+        """The hash ``Keys.rfm`` holds (text values)."""
         return {"last_active_ms": str(self.last_active_ms), "frequency": str(self.frequency),
                 "monetary": f"{self.monetary:.2f}", "first_event_ms": str(self.first_event_ms)}
 

@@ -14,7 +14,7 @@ from segstream.config import Settings
 from segstream.features import Rfm
 from segstream.keys import Keys
 from segstream.records import iso
-from segstream.redis_io import check_redis, redis_client
+from segstream.redis_io import check_redis, decode_fields, redis_client
 from segstream_services.segmenter import store
 
 
@@ -99,7 +99,7 @@ def user_segment_info(settings: Settings, redis_client: redis.Redis, user_id: st
     """A user's segment, confidence, memberships, tier path (with labels) and engagement
     tier; None when the segmenter has not assigned the user yet."""
     keys = Keys(settings.redis.key_prefix)
-    raw = store.decode_hash(redis_client.hgetall(keys.seg(user_id)))
+    raw = decode_fields(redis_client.hgetall(keys.seg(user_id)))
     if not raw.get("segment_id"):
         return None
     rfm = Rfm.from_fields(redis_client.hgetall(keys.rfm(user_id)))
