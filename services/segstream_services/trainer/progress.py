@@ -72,6 +72,7 @@ def print_result(result: FinetuneResult, seconds: float) -> None:
         for label, key in (("cosine, co-occurring pairs", "positive_cosine"),
                            ("cosine, random pairs", "random_cosine"),
                            ("gap", "gap"),
+                           ("AUC, co-occurring vs random", "auc"),
                            (f"recall@{after['k']}, new item by title", "recall_title_only"),
                            (f"recall@{after['k']}, new item by full text", "recall_full_text"),
                            (f"recall@{after['k']} by chance", "chance_recall")):

@@ -1,8 +1,9 @@
 """Does a co-occurrence fine-tune do what it claims? Two measures on held-out items.
 
 - **Pair cosine**: mean cosine of the held-out co-occurring pairs against the mean
-  cosine of random pairs (each pair's anchor with a random catalog item): training
-  should widen the gap.
+  cosine of random pairs (each pair's anchor with a random catalog item), and the AUC:
+  the chance that a co-occurring pair is closer than a random pair (scale-free: a
+  contrastive fine-tune often moves every cosine up, so the raw gap alone can mislead).
 - **Cold-start retrieval**: each held-out item (never seen in training) is embedded from
   its title alone, as a brand-new item would be, and all catalog items are ranked by
   cosine; recall@k is the share of its true co-occurring partners (from the held-out
@@ -51,8 +52,12 @@ def cooccurrence_check(embed: Embed, held: Sequence[ItemPair], items: dict[str, 
     b = np.array([index[p.positive] for p in held])
     r = np.array([rng.choice([j for j in (rng.randrange(len(catalog)) for _ in range(4))
                               if j not in (a[i], b[i])] or [0]) for i in range(len(held))])
-    positive = float(np.mean(np.sum(vectors[a] * vectors[b], axis=1)))
-    random_cos = float(np.mean(np.sum(vectors[a] * vectors[r], axis=1)))
+    pos = np.sum(vectors[a] * vectors[b], axis=1)
+    rnd = np.sort(np.sum(vectors[a] * vectors[r], axis=1))
+    positive, random_cos = float(pos.mean()), float(rnd.mean())
+    below = np.searchsorted(rnd, pos, "left")
+    ties = np.searchsorted(rnd, pos, "right") - below
+    auc = float(np.mean((below + ties / 2) / len(rnd)))
     partners: dict[str, set[int]] = defaultdict(set)
     for p in held:
         for x, y in ((p.anchor, p.positive), (p.positive, p.anchor)):
@@ -60,7 +65,7 @@ def cooccurrence_check(embed: Embed, held: Sequence[ItemPair], items: dict[str, 
                 partners[x].add(index[y])
     queries = sorted(partners)
     out: dict[str, Any] = {"held_out_pairs": len(held), "positive_cosine": positive,
-                           "random_cosine": random_cos, "gap": positive - random_cos,
+                           "random_cosine": random_cos, "gap": positive - random_cos, "auc": auc,
                            "new_items": len(queries), "catalog": len(catalog), "k": k,
                            "chance_recall": k / max(1, len(catalog) - 1)}
     if queries:

@@ -7,7 +7,8 @@ Positives of the ``cooccurrence`` objective, built only from events before ``unt
 - **sequence**: two consecutive events of one user in different baskets, at most
   ``sequence_gap_s`` apart (the later one is the positive).
 
-Items are identified by their text (``item_text``: title and category path), so two ids
+Items are identified by their text (``interest.item_text``: title and category path,
+the text the interest vectors embed), so two ids
 with the same text are one item and a pair of one text with itself is never made.
 Sampling keeps training about co-occurrence rather than popularity: a pair's weight is
 ``(users(a) * users(b)) ** -popularity_power`` (``users`` = distinct users of the item),
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,23 +27,11 @@ from itertools import pairwise
 from typing import Any, Literal
 
 from segstream.errors import ConfigError, DataError
-from segstream.events import CATEGORY_MAX, TITLE_MAX, Event
-from segstream.features import clean_text
+from segstream.events import Event
+from segstream.interest import item_text
 
 PairKind = Literal["basket", "sequence"]
 KINDS: tuple[PairKind, ...] = ("basket", "sequence")
-
-
-_PATH = re.compile(r"\s*[/>|]\s*")
-
-
-def item_text(title: str | None, category: str | None) -> str | None:
-    """``"title, category path"`` of an item (either part may be missing; the path's
-    separators written as `` / ``); None without both."""
-    parts = [clean_text(title, TITLE_MAX).strip() if title else "",
-             _PATH.sub(" / ", clean_text(category, CATEGORY_MAX)).strip(" /") if category
-             else ""]
-    return ", ".join(p for p in parts if p) or None
 
 
 @dataclass(frozen=True)

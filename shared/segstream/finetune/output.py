@@ -89,6 +89,7 @@ def _check_table(check: dict[str, Any]) -> str:
     rows = [("mean cosine, held-out co-occurring pairs", "positive_cosine"),
             ("mean cosine, random pairs", "random_cosine"),
             ("gap (positive - random)", "gap"),
+            ("AUC: a co-occurring pair is closer than a random one", "auc"),
             (f"recall@{after['k']}, new item from its title only", "recall_title_only"),
             (f"recall@{after['k']}, new item from its full text", "recall_full_text")]
     lines = [f"| {label} | {_fmt(before.get(key))} | {_fmt(after.get(key))} |"
