@@ -1,8 +1,11 @@
-"""The segmentations segstream is compared with: RFM + KMeans, category histogram + KMeans.
+"""The segmentations segstream is compared with: RFM, item co-occurrence and category
+histogram, each + KMeans.
 
-Both build one numeric row per user from the events before the split time, standardise
-(RFM) or normalise (histogram) it, and run scikit-learn's KMeans with the same k and seed
-as segstream's own clustering.
+Each builds one numeric row per user from the events before the split time: RFM
+standardised; co-occurrence as the user × item matrix of log(1 + interactions) × idf,
+reduced by TruncatedSVD to 64 dimensions and L2-normalised (latent semantic analysis of
+users' item "documents"); the category histogram as shares. scikit-learn's KMeans then
+runs with the same k and seed as segstream's own clustering.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import sparse
 from sklearn.cluster import KMeans
+from sklearn.decomposition import TruncatedSVD
 from sklearn.preprocessing import StandardScaler
 
 from segstream.events import Event
@@ -61,6 +66,30 @@ def category_matrix(history: Sequence[Event]) -> tuple[list[str], np.ndarray]:
             matrix[row, index[cat]] = n
     matrix /= matrix.sum(axis=1, keepdims=True)
     return users, matrix
+
+
+def cooccurrence_matrix(history: Sequence[Event], dims: int = 64, seed: int = 0
+                        ) -> tuple[list[str], np.ndarray]:
+    """Per user: the TruncatedSVD (``dims`` components) of their log-tf-idf item row."""
+    users = sorted({e.user_id for e in history})
+    items = sorted({e.item_id for e in history})
+    if not users:
+        return users, np.zeros((0, dims))
+    u_index = {u: i for i, u in enumerate(users)}
+    i_index = {it: j for j, it in enumerate(items)}
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    for e in history:
+        counts[(u_index[e.user_id], i_index[e.item_id])] += 1
+    rows, cols = zip(*counts, strict=True)
+    tf = sparse.csr_matrix((np.log1p(np.fromiter(counts.values(), dtype=np.float64)),
+                            (rows, cols)), shape=(len(users), len(items)))
+    df = np.bincount(np.asarray(cols), minlength=len(items))
+    weighted = tf @ sparse.diags(np.log(len(users) / df) + 1.0)
+    n = min(dims, len(users) - 1, len(items) - 1)
+    if n < 1:
+        return users, np.ones((len(users), 1))
+    reduced = TruncatedSVD(n_components=n, random_state=seed).fit_transform(weighted)
+    return users, reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
 
 
 def kmeans_labels(matrix: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from segstream.baselines import category_matrix, kmeans_labels, rfm_matrix, top_category
+from segstream.baselines import (
+    category_matrix,
+    cooccurrence_matrix,
+    kmeans_labels,
+    rfm_matrix,
+    top_category,
+)
 from segstream.evaluation import (
     cluster_scores,
     popularity_recommendations,
@@ -107,3 +113,20 @@ def test_baseline_matrices() -> None:
     assert rfm[0, 2] > rfm[1, 2]   # a spent more
     labels = kmeans_labels(np.vstack([hist, hist + 0.01]), k=2, seed=0)
     assert len(set(labels.tolist())) == 2
+
+
+def test_cooccurrence_svd_groups_users_who_share_items() -> None:
+    history = []
+    for i in range(12):
+        taste = "rock" if i % 2 else "jazz"
+        for j in range(4):
+            history.append(ev(f"{taste}-{i}", f"{taste}-{(i + j) % 6}", 1 + j))
+    users, matrix = cooccurrence_matrix(history, dims=4)
+    assert users == sorted({e.user_id for e in history})
+    assert matrix.shape == (12, 4)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0)  # rows L2-normalised
+    labels = dict(zip(users, kmeans_labels(matrix, k=2, seed=0), strict=True))
+    groups = {taste: {labels[u] for u in users if u.startswith(taste)}
+              for taste in ("rock", "jazz")}
+    assert len(groups["rock"]) == len(groups["jazz"]) == 1 and groups["rock"] != groups["jazz"]
+    assert cooccurrence_matrix([])[1].shape == (0, 64)

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from segstream.config import Settings, load_settings
 from segstream.encoding import Encoder
+from segstream.errors import ConfigError
 from segstream.events import Event, event_from_dict
 from segstream.feature_text import render
 from segstream.features import UserState, increments, summarize
-from segstream.offline import TextEmbedder, build_profiles, choose_k, segment_profiles
+from segstream.interest import InterestAggregator, catalogue_center
+from segstream.offline import (
+    TextEmbedder,
+    build_profiles,
+    build_views,
+    choose_k,
+    combine_views,
+    interest_at,
+    item_texts,
+    profiles_at,
+    segment_profiles,
+    segment_vectors,
+)
 from segstream.segmentation import SegConfig
 from segstream.synthetic import PERSONAS, SyntheticStream
 
@@ -73,3 +88,59 @@ def test_offline_segments_recover_the_personas(events: list[Event], settings: Se
     assert set(scores) == {4, len(PERSONAS), 12}
     assert k in scores
     assert all(-1.0 <= sil <= 1.0 and inertia > 0 for sil, inertia in scores.values())
+
+
+def test_profiles_at_many_times_equal_build_profiles_at_each(
+        events: list[Event], settings: Settings) -> None:
+    times = sorted(e.ts_ms for e in events)
+    cuts = [times[len(times) // 4], times[len(times) // 2], times[-1] + 1]
+    at = profiles_at(events + events[:100], cuts, settings.ingest)  # duplicates dropped
+    for cut in cuts:
+        expected = build_profiles(events, settings.ingest, until_ms=cut)
+        assert {u: p.text for u, p in at[cut].items()} == {u: p.text
+                                                           for u, p in expected.items()}
+        assert {u: p.events for u, p in at[cut].items()} == {u: p.events
+                                                             for u, p in expected.items()}
+
+
+def test_interest_view_from_item_texts(events: list[Event], settings: Settings,
+                                       embed: TextEmbedder, stream: SyntheticStream,
+                                       tmp_path: Path) -> None:
+    texts = item_texts(events)
+    assert texts and all(texts.values())
+    cut = sorted(e.ts_ms for e in events)[len(events) // 2]
+    vectors = dict(zip(texts, embed(list(texts.values())), strict=True))
+    by_time, counts = interest_at(events, [cut, stream.end_ms + 1], settings.interest, vectors)
+    agg = InterestAggregator(settings.interest, vectors,
+                             catalogue_center(vectors.values()))
+    for e in sorted((e for e in events if e.ts_ms < cut), key=lambda e: (e.ts_ms, e.event_id)):
+        agg.observe(e)
+    expected = agg.vectors()
+    assert set(by_time[cut]) == set(expected)
+    for user, vec in expected.items():
+        np.testing.assert_allclose(by_time[cut][user], vec, rtol=1e-9)
+    assert counts["embedded"] == len(events)
+    profiles = build_profiles(events, settings.ingest)
+    views = build_views(events, profiles, embed, settings.ingest, settings.interest)
+    assert views.interest.shape == views.text.shape and views.no_interest == 0
+    combined = views.matrix({"interest": 1.0, "text": 0.5})
+    assert combined.shape == (len(profiles), 2 * views.text.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(combined, axis=1) ** 2, 1.0 + 0.25, rtol=1e-5)
+    seg = segment_vectors(views.users, combined, views.label_texts,
+                          SegConfig(k=len(PERSONAS), seed=0), stream.end_ms)
+    truth = stream.truth()
+    labels = seg.labels()
+    assert adjusted_rand_score([truth[u] for u in seg.users],
+                               [labels[u] for u in seg.users]) >= 0.5
+    with pytest.raises(ConfigError):
+        combine_views([(views.text, 0.0)])
+
+
+def test_embedding_cache_file_round_trips(settings: Settings, embed: TextEmbedder,
+                                          tmp_path: Path) -> None:
+    first = TextEmbedder(embed.encoder, cache_dir=tmp_path)
+    vectors = first(["one text", "another text"])
+    first.save()
+    again = TextEmbedder(embed.encoder, cache_dir=tmp_path)
+    assert again.loaded == 2
+    np.testing.assert_array_equal(again(["another text"])[0], vectors[1])

@@ -37,8 +37,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_fit_writes_segments_catalog_and_report(events_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "fit"
-    done = run("fit", str(events_file), *MAP, "--k", "4", "--out", str(out))
+    done = run("fit", str(events_file), *MAP, "--k", "4", "--out", str(out), "--json")
     assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # --json: JSON on stdout and nothing else
+    assert summary["k"] == 4 and summary["users"] == 48
+    assert sum(s["size"] for s in summary["segments"]) == 48
     rows = [json.loads(line) for line in (out / "segments.jsonl").read_text().splitlines()]
     assert len(rows) == 48 and len({r["user_id"] for r in rows}) == 48
     catalog = json.loads((out / "catalog.json").read_text())
@@ -46,23 +49,48 @@ def test_fit_writes_segments_catalog_and_report(events_file: Path, tmp_path: Pat
     for r in rows:
         assert r["tier_path"][-1] == r["segment_id"] and r["feature_text"]
         assert r["memberships"][0]["segment_id"] == r["segment_id"]
+    activity = {"views", "purchases", "clicks", "spent", "latest", "events", "add-to-carts"}
+    for entry in catalog.values():  # labels name interests, not activity
+        assert entry["label"] and not set(entry["label"].split(" / ")) & activity, entry
     page = (out / "report.html").read_text()
     assert page.count("<img") >= 2 and "example feature texts" in page
 
 
 def test_eval_prints_the_table_and_writes_json(events_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "eval.json"
+    out = tmp_path / "eval"
     done = run("eval", str(events_file), *MAP, "--rolling", "2", "--horizon-days", "10",
-               "--k", "3", "--seeds", "2", "--json", str(out))
+               "--k", "3,4", "--seeds", "2", "--stability-days", "2,5", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    for name in ("global popularity", "segstream", "RFM + KMeans", "category histogram"):
+    for name in ("global popularity", "interest vector", "feature text", "combination",
+                 "RFM + KMeans", "co-occurrence SVD", "category histogram"):
         assert name in done.stdout
-    result = json.loads(out.read_text())
-    assert result["user_split_pairs"] > 0
-    for method in result["methods"].values():
+    result = json.loads((out / "eval.json").read_text())
+    assert "| method | HR@10 |" in (out / "eval.md").read_text()
+    assert result["user_split_pairs"] > 0 and set(result["results"]) == {"3", "4"}
+    for method in result["results"]["3"].values():
         assert 0.0 <= method["hr"]["mean"] <= 1.0
         assert 0.0 <= method["ndcg"]["mean"] <= method["hr"]["mean"] + 1e-9
         assert len(method["per_seed"]) == 2
+    combo = result["results"]["4"]["segstream: combination"]
+    assert -1.0 <= combo["stability_2d"]["mean"] <= 1.0
+    assert result["chosen"]["half_life_days"] >= 0
+
+
+def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Path) -> None:
+    done = run("eval", str(events_file), *MAP, "--split-time",
+               "2026-11-01,2026-11-10,2026-11-18", "--horizon-days", "6", "--k", "3",
+               "--seeds", "1", "--tune-until", "2026-11-10", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert len(result["tuning_splits_ms"]) == 1 and result["tuning"]
+    assert min(result["splits_used_ms"]) >= max(result["tuning_splits_ms"]) + 6 * 86_400_000
+    best = {}
+    for method in ("segstream: interest vector", "segstream: combination"):
+        rows = [r for r in result["tuning"] if r["method"] == method]
+        best[method] = max(rows, key=lambda r: r["ndcg"])  # the first of equals, as chosen
+    assert result["chosen"]["half_life_days"] == \
+        best["segstream: interest vector"]["half_life_days"]
+    assert result["chosen"]["text_weight"] == best["segstream: combination"]["text_weight"]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +101,8 @@ def test_eval_prints_the_table_and_writes_json(events_file: Path, tmp_path: Path
         (("fit", "EVENTS", "--map", "user_id"), "--map"),
         (("fit", "EVENTS", "--items", "/nonexistent/items.csv"), "--items"),
         (("fit", "EVENTS", "--windows", "30"), "--windows"),
+        (("eval", "EVENTS", "--rolling", "2", "--k", "8,x"), "--k"),
+        (("eval", "EVENTS", "--rolling", "2", "--model", "/nonexistent"), "--model"),
     ],
 )
 def test_bad_input_is_one_line(events_file: Path, args: tuple[str, ...], fragment: str) -> None:

@@ -62,12 +62,24 @@ def parse_time(text: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+def parse_list(text: str, what: str, kind: type = int) -> tuple:
+    """``"8,32"`` → ``(8, 32)``; a one-line error when malformed."""
+    try:
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{what}: expected at least one value")
+    return values
+
+
 def register(sub: Any, run_sub: Any) -> None:
     p = sub.add_parser("eval", help="Compare segstream's segments with baselines on a file.",
                        description="Temporal-split evaluation: segment popularity from "
-                       "segstream's text-embedding segments vs global popularity, RFM + "
-                       "KMeans and category histogram + KMeans (HR@10, NDCG@10, coverage, "
-                       "silhouette, Davies-Bouldin, stability).")
+                       "segstream's views (interest vector, feature text, their "
+                       "combination) vs global popularity, RFM, item co-occurrence SVD and "
+                       "category histogram + KMeans (HR@10, NDCG@10, coverage, stability "
+                       "7 and 30 days apart).")
     add_source_args(p)
     add_window_arg(p)
     when = p.add_mutually_exclusive_group(required=True)
@@ -77,37 +89,47 @@ def register(sub: Any, run_sub: Any) -> None:
                       help="N split times spread over the data (rolling origin)")
     p.add_argument("--horizon-days", type=float, default=180.0,
                    help="length of the truth period after each split (default 180)")
-    p.add_argument("--stability-days", type=float,
-                   help="stability compares with the segments this long before T "
-                   "(default: the horizon)")
-    p.add_argument("--k", type=int, default=8, help="segments for every method (default 8)")
+    p.add_argument("--stability-days", default="7,30", metavar="D[,D...]",
+                   help="stability compares with the segments D days before T (default 7,30)")
+    p.add_argument("--tune-until", metavar="T",
+                   help="choose the interest half-life, item centring and view weights on "
+                   "the splits whose truth period ends before T; report only splits at or "
+                   "after T (default: use the settings' values, no tuning)")
+    p.add_argument("--k", default="8", metavar="K[,K...]",
+                   help="segments for every method, e.g. 8,32 (default 8)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.add_argument("--min-rating", type=float, default=4.0,
                    help="ratings below this are not positive interactions (default 4.0)")
-    p.add_argument("--model", metavar="DIR", help="encoder model directory "
-                   "(default: settings.encoder, i.e. all-MiniLM-L6-v2)")
-    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--model", metavar="DIR", help="encoder model directory, e.g. a "
+                   "fine-tuned one (default: settings.encoder, i.e. all-MiniLM-L6-v2)")
+    p.add_argument("--cache-dir", metavar="DIR", help="keep item and feature-text vectors "
+                   "in DIR/<model version>.npz between runs")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--out", metavar="DIR", help="write eval.json and eval.md into DIR")
     p.set_defaults(func=cmd_eval)
     register_fit(sub)
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from segstream.encoding import Encoder
     from segstream.offline import TextEmbedder
     from segstream_services.offline.evaluate import (
-        METHODS,
         EvalConfig,
         rolling_splits,
         run_eval,
+        total_steps,
     )
+    from segstream_services.offline.tables import eval_markdown, eval_table
 
-    if args.k < 2 or args.seeds < 1:
+    ks = parse_list(args.k, "--k")
+    if min(ks) < 2 or args.seeds < 1:
         raise ConfigError("--k must be at least 2 and --seeds at least 1")
+    stability_days = parse_list(args.stability_days, "--stability-days", float)
     ingest = ingest_settings(args, settings)
     given = [parse_time(t) for t in (args.split_time or "").split(",") if t.strip()]
+    tune_until = parse_time(args.tune_until) if args.tune_until else None
     console = Console(stderr=True)
     with console.status("reading events"):
         events, report = load_events(args, settings)
@@ -115,136 +137,48 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
                   f"({sum(report.skipped.values()):,} skipped: {report.skipped or 'none'})")
     splits = rolling_splits(events, args.rolling, args.horizon_days) if args.rolling else given
     config = EvalConfig(split_ms=splits, horizon_days=args.horizon_days,
-                        stability_days=args.stability_days, k=args.k,
-                        seeds=tuple(range(args.seeds)), min_rating=args.min_rating)
-    encoder_settings = settings.encoder
-    if args.model:
-        encoder_settings = encoder_settings.model_copy(update={"model_path": args.model})
+                        stability_days=stability_days, ks=ks, seeds=tuple(range(args.seeds)),
+                        min_rating=args.min_rating, tune_until_ms=tune_until)
     with console.status("loading the encoder"):
-        embed = TextEmbedder(Encoder.from_settings(encoder_settings))
-    with console.status("evaluating") as status:
-        result = run_eval(events, ingest, embed, config,
-                          progress=lambda msg: status.update(f"evaluating: {msg}"))
+        embed = TextEmbedder(load_encoder(settings, args), cache_dir=args.cache_dir)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("preparing", total=total_steps(config))
+        result = run_eval(events, ingest, settings.interest, embed, config,
+                          progress=lambda msg: bar.update(task, description=msg),
+                          tick=lambda msg: bar.update(task, advance=1, description=msg))
+    embed.save()
     if not result.splits_used:
         raise DataError("no split had users with history before it and liked items after "
                           "it; choose other --split-time values or a longer --horizon-days")
-
-    table = Table(title=f"segstream eval: {len(result.splits_used)} split(s), "
-                  f"{result.users_evaluated} user-split pairs, k={args.k}, "
-                  f"{args.seeds} seed(s), mean ± std over seeds")
-    for col in ("method", "HR@10", "NDCG@10", "coverage", "silhouette", "Davies-Bouldin",
-                "stability (ARI)"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for name in METHODS:
-        summary = result.methods[name].summary()
-        table.add_row(name, *(_pm(*summary[m]) for m in
-                              ("hr", "ndcg", "coverage", "silhouette", "davies_bouldin",
-                               "stability")))
-    Console(width=max(Console().width, 132)).print(table)
+    payload = result.to_json() | {"model_version": embed.encoder.model_version,
+                                  "file": str(args.file)}
+    Console(width=max(Console().width, 132), stderr=args.json).print(eval_table(result))
     console.print(f"encoder: {embed.encoder.model_version} on {embed.encoder.device}; "
-                  f"{len(embed.cache):,} distinct feature texts encoded")
+                  f"{len(embed.cache):,} distinct texts embedded; chosen: {result.chosen}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(payload, indent=2, default=float))
+        (out / "eval.md").write_text(eval_markdown(result))
+        console.print(f"wrote {out}/eval.json and eval.md")
     if args.json:
-        payload = result.to_json() | {"model_version": embed.encoder.model_version}
-        Path(args.json).write_text(json.dumps(payload, indent=2, default=float))
+        print(json.dumps(payload, indent=2, default=float))
     return 0
 
 
-def _pm(mean: float, std: float) -> str:
-    if mean != mean:  # NaN: not applicable
-        return "-"
-    return f"{mean:.4f} ± {std:.4f}"
+def load_encoder(settings: Settings, args: argparse.Namespace) -> Any:
+    from segstream.encoding import Encoder
 
-
-K_CANDIDATES = (4, 6, 8, 10, 12, 16, 20)
-K_RULE = ("the k in {4, 6, 8, 10, 12, 16, 20} (below the number of users) with the best "
-          "cosine silhouette of KMeans on the embeddings, among those whose smallest "
-          "segment holds at least 1% of the users")
+    encoder_settings = settings.encoder
+    if args.model:
+        if not Path(args.model).is_dir():
+            raise ConfigError(f"--model: no such directory: {args.model}")
+        encoder_settings = encoder_settings.model_copy(update={"model_path": args.model})
+    return Encoder.from_settings(encoder_settings)
 
 
 def register_fit(sub: Any) -> None:
-    p = sub.add_parser("fit", help="Segment a historical event file offline (no Kafka/Redis).",
-                       description="Profiles, feature texts, embeddings and segments for "
-                       "every user of FILE, with the streaming path's own code; writes "
-                       "segments.jsonl, catalog.json and report.html.")
-    add_source_args(p)
-    add_window_arg(p)
-    p.add_argument("--k", type=int, help="number of segments (default: "
-                   + K_RULE.replace("%", "%%") + ")")  # argparse formats help with %
-    p.add_argument("--seed", type=int, default=0, help="clustering seed (default 0)")
-    p.add_argument("--model", metavar="DIR", help="encoder model directory")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: fit-<file name>)")
-    p.set_defaults(func=cmd_fit)
+    from segstream_services.offline.fit import register_fit as register
 
-
-def cmd_fit(settings: Settings, args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from segstream.encoding import Encoder
-    from segstream.offline import TextEmbedder, build_profiles, choose_k, segment_profiles
-    from segstream.records import catalog_entries
-    from segstream.segmentation import SegConfig
-    from segstream_services.offline.report import render_report, segment_profiles_table
-
-    console = Console(stderr=True)
-    out = Path(args.out or f"fit-{Path(args.file).stem}")
-    ingest = ingest_settings(args, settings)
-    with console.status("reading events"):
-        events, report = load_events(args, settings)
-    with console.status(f"building profiles from {len(events):,} events"):
-        profiles = build_profiles(events, ingest)
-    if len(profiles) < 4:
-        raise DataError(f"{args.file}: {len(profiles)} users; need at least 4 to segment")
-    encoder_settings = settings.encoder
-    if args.model:
-        encoder_settings = encoder_settings.model_copy(update={"model_path": args.model})
-    with console.status("loading the encoder"):
-        embed = TextEmbedder(Encoder.from_settings(encoder_settings))
-    users = sorted(profiles)
-    texts = [profiles[u].text for u in users]
-    with Progress(console=console) as bar:
-        task = bar.add_task("encoding feature texts", total=len(set(texts)))
-        vectors = embed(texts, progress=lambda n: bar.advance(task, n))
-    k_scores: dict[int, tuple[float, float]] = {}
-    if args.k:
-        k, rule = args.k, "given with --k"
-    else:
-        with console.status("choosing k"):
-            k, k_scores = choose_k(vectors, K_CANDIDATES, seed=args.seed)
-        rule = K_RULE
-    if not 2 <= k <= len(users):
-        raise ConfigError(f"--k must be between 2 and the number of users ({len(users)})")
-    now_ms = max(e.ts_ms for e in events)
-    with console.status(f"clustering {len(users):,} users into {k} segments"):
-        seg = segment_profiles(profiles, embed, SegConfig(k=k, seed=args.seed), now_ms)
-    catalog = catalog_entries(seg.segmenter, now_ms)
-
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "segments.jsonl").open("w") as fh:
-        for a in seg.assignments:
-            fh.write(json.dumps({
-                "user_id": a.key, "segment_id": a.segment_id, "tier_path": a.tier_path,
-                "label": catalog.get(a.segment_id, {}).get("label", ""),
-                "confidence": round(a.confidence, 4),
-                "memberships": [{"segment_id": s, "weight": round(w, 4)}
-                                for s, w in a.memberships],
-                "feature_text": profiles[a.key].text}, ensure_ascii=False) + "\n")
-    (out / "catalog.json").write_text(json.dumps(catalog, indent=1, ensure_ascii=False))
-    rows = segment_profiles_table(seg, profiles, catalog)
-    facts = {"file": str(args.file), "events": f"{len(events):,} valid of {report.rows:,} rows",
-             "users": f"{len(users):,}", "distinct feature texts": f"{len(set(texts)):,}",
-             "encoder": f"{embed.encoder.model_version} ({embed.encoder.device}, "
-                        f"{embed.encoder.dtype_name})",
-             "feature windows (days)": ", ".join(map(str, ingest.windows_days))}
-    (out / "report.html").write_text(render_report(f"segstream fit: {Path(args.file).name}",
-                                                   seg, rows, k_scores, k, rule, facts))
-    from rich.table import Table
-
-    table = Table(title=f"{k} segments of {len(users):,} users")
-    for col in ("segment", "tier path", "label", "users"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["segment_id"], " › ".join(r["tier_path"]), r["label"], str(r["size"]))
-    Console(width=max(Console().width, 120)).print(table)
-    console.print(f"wrote {out}/segments.jsonl, catalog.json and report.html")
-    return 0
+    register(sub)

@@ -1,15 +1,22 @@
-"""`segstream eval`: segstream's segments against global popularity and two KMeans baselines.
+"""`segstream eval`: segstream's views against global popularity and three KMeans baselines.
 
-For every split time T (one, several, or a rolling series) the events before T build the
-profiles, and the new items each user liked in ``[T, T + horizon)`` are the truth. Every
-segmentation (same k, same seed) becomes a segment-popularity recommender; global
-popularity is the floor. Stability is the adjusted Rand index between the segmentation
-at T and the one at ``T - stability_days`` over the users present at both. Results are
-pooled over splits (HR/NDCG per user-split pair) and reported as mean ± std over seeds.
+For every split time T the events before T build the profiles and interest vectors, and
+the new items each user liked in ``[T, T + horizon)`` are the truth. Every segmentation
+(same k, same seed) becomes a segment-popularity recommender; global popularity is the
+floor. Stability is the adjusted Rand index between the segmentation at T and the one at
+``T - d`` for each ``d`` in ``stability_days`` (default 7 and 30), same method, model,
+k and seed, over the users present at both. HR and NDCG are pooled over the user-split
+pairs; each figure is the mean ± std over seeds.
+
+Tuning discipline: the interest half-life, item centring and the text weight of the
+combination are either the settings' values or, with ``tune_until``, chosen on the
+splits whose whole truth period ends before ``tune_until`` (by mean NDCG@10 over the
+k values, seed 0); only the splits at or after ``tune_until`` are reported.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,10 +24,9 @@ from statistics import mean, pstdev
 
 import numpy as np
 
-from segstream.baselines import category_matrix, kmeans_labels, rfm_matrix
-from segstream.config import IngestSettings
+from segstream.baselines import category_matrix, cooccurrence_matrix, kmeans_labels, rfm_matrix
+from segstream.config import IngestSettings, InterestSettings
 from segstream.evaluation import (
-    cluster_scores,
     popularity_recommendations,
     score,
     segment_recommendations,
@@ -29,73 +35,58 @@ from segstream.evaluation import (
     truth,
 )
 from segstream.events import Event
-from segstream.offline import TextEmbedder, build_profiles, segment_profiles
+from segstream.offline import (
+    TextEmbedder,
+    combine_views,
+    interest_at,
+    item_texts,
+    profiles_at,
+    segment_vectors,
+    view_matrix,
+)
 from segstream.segmentation import SegConfig
 
 DAY_MS = 86_400_000
-METHODS = ("global popularity", "segstream (text embeddings)", "RFM + KMeans",
-           "category histogram + KMeans")
-METRICS = ("hr", "ndcg", "coverage", "silhouette", "davies_bouldin", "stability")
+POP, RFM, COOC, CAT = ("global popularity", "RFM + KMeans", "co-occurrence SVD + KMeans",
+                       "category histogram + KMeans")
+INTEREST, TEXT, COMBO = ("segstream: interest vector", "segstream: feature text",
+                         "segstream: combination")
+METHODS = (POP, RFM, COOC, CAT, INTEREST, TEXT, COMBO)
+SEGSTREAM = (INTEREST, TEXT, COMBO)
+# The grid searched on the tuning splits (only with tune_until).
+HALF_LIVES = (14.0, 60.0, 180.0, 0.0)
+CENTRES = (True, False)
+TEXT_WEIGHTS = (0.35, 0.5, 0.75, 1.0)
+
+Progress = Callable[[str], None]
 
 
 @dataclass
 class EvalConfig:
     split_ms: list[int]
     horizon_days: float = 180.0
-    stability_days: float | None = None  # default: the horizon
-    k: int = 8
+    stability_days: tuple[float, ...] = (7.0, 30.0)
+    ks: tuple[int, ...] = (8,)
     seeds: tuple[int, ...] = (0, 1, 2)
     min_rating: float = 4.0
     top_n: int = 10
     min_users_per_k: int = 3
+    tune_until_ms: int | None = None
 
 
-@dataclass
-class MethodResult:
-    """Per seed, each metric pooled over the splits."""
-
-    per_seed: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, tuple[float, float]]:
-        out = {}
-        for metric in METRICS:
-            values = [v[metric] for v in self.per_seed.values() if not math.isnan(v[metric])]
-            out[metric] = (mean(values), pstdev(values)) if values else (math.nan, math.nan)
-        return out
-
-
-@dataclass
-class EvalResult:
-    config: EvalConfig
-    splits_used: list[int]
-    users_evaluated: int
-    methods: dict[str, MethodResult]
-
-    def to_json(self) -> dict:
-        return {
-            "config": asdict(self.config),
-            "splits_used_ms": self.splits_used,
-            "user_split_pairs": self.users_evaluated,
-            "methods": {
-                name: {metric: {"mean": m, "std": s}
-                       for metric, (m, s) in result.summary().items()}
-                | {"per_seed": result.per_seed}
-                for name, result in self.methods.items()
-            },
-        }
+def metric_names(config: EvalConfig) -> tuple[str, ...]:
+    return ("hr", "ndcg", "coverage", *(f"stability_{d:g}d" for d in config.stability_days))
 
 
 @dataclass
 class _Acc:
-    """Sums over splits for one method and seed."""
+    """Sums over splits for one method, k and seed."""
 
     hits: float = 0.0
     ndcg: float = 0.0
     users: int = 0
     coverage: list[float] = field(default_factory=list)
-    silhouette: list[float] = field(default_factory=list)
-    db: list[float] = field(default_factory=list)
-    stability: list[float] = field(default_factory=list)
+    stability: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, recs: dict, truth_sets: dict, catalogue: int, k: int) -> None:
         s = score(recs, truth_sets, catalogue, k)
@@ -104,15 +95,51 @@ class _Acc:
         self.users += s.users
         self.coverage.append(s.coverage)
 
-    def result(self) -> dict[str, float]:
-        def avg(xs: list[float]) -> float:
-            xs = [x for x in xs if not math.isnan(x)]
-            return float(np.mean(xs)) if xs else math.nan
+    def result(self, config: EvalConfig) -> dict[str, float]:
+        out = {"hr": self.hits / self.users if self.users else math.nan,
+               "ndcg": self.ndcg / self.users if self.users else math.nan,
+               "coverage": float(np.mean(self.coverage)) if self.coverage else math.nan}
+        for d in config.stability_days:
+            xs = [x for x in self.stability.get(f"stability_{d:g}d", []) if not math.isnan(x)]
+            out[f"stability_{d:g}d"] = float(np.mean(xs)) if xs else math.nan
+        return out
 
-        return {"hr": self.hits / self.users if self.users else math.nan,
-                "ndcg": self.ndcg / self.users if self.users else math.nan,
-                "coverage": avg(self.coverage), "silhouette": avg(self.silhouette),
-                "davies_bouldin": avg(self.db), "stability": avg(self.stability)}
+
+def summarize(per_seed: dict[int, dict[str, float]], names: Sequence[str]
+              ) -> dict[str, tuple[float, float]]:
+    out = {}
+    for metric in names:
+        values = [v[metric] for v in per_seed.values() if not math.isnan(v[metric])]
+        out[metric] = (mean(values), pstdev(values)) if values else (math.nan, math.nan)
+    return out
+
+
+@dataclass
+class EvalResult:
+    config: EvalConfig
+    splits_used: list[int]
+    tuning_splits: list[int]
+    users_evaluated: int
+    chosen: dict[str, float | bool]
+    tuning: list[dict]
+    interest_counts: dict[str, int]
+    methods: dict[int, dict[str, dict[int, dict[str, float]]]]  # k -> method -> seed -> m
+
+    def summary(self, k: int, method: str) -> dict[str, tuple[float, float]]:
+        return summarize(self.methods[k][method], metric_names(self.config))
+
+    def to_json(self) -> dict:
+        return {
+            "config": asdict(self.config), "splits_used_ms": self.splits_used,
+            "tuning_splits_ms": self.tuning_splits, "user_split_pairs": self.users_evaluated,
+            "chosen": self.chosen, "tuning": self.tuning,
+            "interest_counts": self.interest_counts,
+            "results": {str(k): {name: {m: {"mean": a, "std": b}
+                                        for m, (a, b) in self.summary(k, name).items()}
+                                 | {"per_seed": per_seed}
+                                 for name, per_seed in by_method.items()}
+                        for k, by_method in self.methods.items()},
+        }
 
 
 def rolling_splits(events: Sequence[Event], count: int, horizon_days: float) -> list[int]:
@@ -126,76 +153,194 @@ def rolling_splits(events: Sequence[Event], count: int, horizon_days: float) -> 
     return [int(t) for t in np.linspace(first, last, count)]
 
 
-@dataclass
-class _Snapshot:
-    """What every method needs of the users known at one time (seed-independent)."""
+class Data:
+    """Everything seed-independent: per snapshot time the users and each method's rows."""
 
-    at_ms: int
-    profiles: dict
-    rfm: tuple[list[str], np.ndarray]
-    cat: tuple[list[str], np.ndarray]
+    def __init__(self, events: Sequence[Event], times: Sequence[int], ingest: IngestSettings,
+                 interest: InterestSettings, embed: TextEmbedder,
+                 progress: Progress | None = None) -> None:
+        self.events = sorted(events, key=lambda e: e.ts_ms)
+        self.stamps = np.asarray([e.ts_ms for e in self.events])
+        self.interest = interest
+        self.embed = embed
+        say = progress or (lambda _msg: None)
+        say("building feature texts")
+        self.profiles = profiles_at(self.events, times, ingest)
+        texts = sorted({p.text for by_user in self.profiles.values() for p in by_user.values()})
+        items = item_texts(self.events, interest.item_text_chars)
+        item_list = sorted(set(items.values()))
+        say(f"embedding {len(item_list):,} item texts and {len(texts):,} feature texts")
+        table = dict(zip(item_list, embed(item_list), strict=True)) if item_list else {}
+        self.item_vectors = {item: table[text] for item, text in items.items()}
+        embed(texts)
+        self.dim = int(embed.encoder.dim)
+        self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
+        self.interest_counts: dict[str, int] = {}
+        self.baselines: dict[int, dict[str, tuple[list[str], np.ndarray]]] = {}
+        say("building baseline matrices")
+        for t in times:
+            history = self.history(t)
+            self.baselines[t] = {RFM: rfm_matrix(history, t), COOC: cooccurrence_matrix(history),
+                                 CAT: category_matrix(history)}
 
-    @classmethod
-    def at(cls, events: Sequence[Event], at_ms: int, settings: IngestSettings) -> _Snapshot:
-        history = [e for e in events if e.ts_ms < at_ms]
-        return cls(at_ms, build_profiles(history, settings), rfm_matrix(history, at_ms),
-                   category_matrix(history))
+    def history(self, t: int) -> list[Event]:
+        return self.events[:int(np.searchsorted(self.stamps, t, side="left"))]
 
-    def segmentations(self, embed: TextEmbedder, k: int, seed: int
-                      ) -> dict[str, tuple[dict[str, str], np.ndarray, list[str]]]:
-        """Labels, vectors and users of the three segmentations under ``seed``."""
-        seg = segment_profiles(self.profiles, embed, SegConfig(k=k, seed=seed), self.at_ms)
-        out = {"seg": (seg.labels(), seg.vectors, seg.users)}
-        for name, (users, matrix) in (("rfm", self.rfm), ("cat", self.cat)):
-            labels = kmeans_labels(matrix, k, seed)
-            out[name] = ({u: str(x) for u, x in zip(users, labels, strict=True)}, matrix, users)
-        return out
+    def users(self, t: int) -> list[str]:
+        return sorted(self.profiles[t])
+
+    def interest_vectors(self, t: int, half_life: float, center: bool) -> np.ndarray:
+        key = (half_life, center)
+        if key not in self._interest:
+            settings = self.interest.model_copy(update={"half_life_days": half_life,
+                                                        "center_items": center})
+            self._interest[key], counts = interest_at(self.events, sorted(self.profiles),
+                                                      settings, self.item_vectors)
+            if not self.interest_counts:
+                self.interest_counts = counts
+        return view_matrix(self.users(t), self._interest[key][t], self.dim)[0]
+
+    def text_vectors(self, t: int) -> np.ndarray:
+        return self.embed([self.profiles[t][u].text for u in self.users(t)])
+
+    def rows(self, method: str, t: int, params: dict) -> tuple[list[str], np.ndarray]:
+        """The users and the matrix a method clusters at time ``t``."""
+        if method in self.baselines[t]:
+            return self.baselines[t][method]
+        users = self.users(t)
+        if method == TEXT:
+            return users, self.text_vectors(t)
+        inter = self.interest_vectors(t, params["half_life_days"], params["center_items"])
+        if method == INTEREST:
+            return users, inter
+        return users, combine_views([(inter, 1.0),
+                                     (self.text_vectors(t), params["text_weight"])])
 
 
-def run_eval(events: Sequence[Event], settings: IngestSettings, embed: TextEmbedder,
-             config: EvalConfig, progress: Callable[[str], None] | None = None) -> EvalResult:
-    """Evaluate every method on every split and seed."""
+def labels_of(data: Data, method: str, t: int, k: int, seed: int, params: dict
+              ) -> dict[str, str]:
+    users, matrix = data.rows(method, t, params)
+    if method in SEGSTREAM:
+        seg = segment_vectors(users, matrix, [""] * len(users), SegConfig(k=k, seed=seed), t)
+        return seg.labels()
+    return {u: str(x) for u, x in zip(users, kmeans_labels(matrix, k, seed), strict=True)}
+
+
+def _score_split(data: Data, split_ms: int, config: EvalConfig, methods: Sequence[str],
+                 params: dict, seeds: Sequence[int], ks: Sequence[int],
+                 accs: dict, with_stability: bool, tick: Progress) -> int:
     horizon = int(config.horizon_days * DAY_MS)
-    back = int((config.stability_days or config.horizon_days) * DAY_MS)
-    accs = {name: {seed: _Acc() for seed in config.seeds} for name in METHODS}
-    users_min = config.k * config.min_users_per_k
-    used, pairs = [], 0
-    for split_ms in config.split_ms:
-        split = temporal_split(events, split_ms, horizon)
-        truth_sets = truth(split, config.min_rating)
-        if not truth_sets:
-            continue
-        catalogue = len({e.item_id for e in split.history})
-        users = sorted(truth_sets)
-        pop = popularity_recommendations(split.history, users, config.top_n, config.min_rating)
-        now = _Snapshot.at(events, split_ms, settings)
-        if len(now.profiles) < users_min:
-            continue
-        earlier = _Snapshot.at(events, split_ms - back, settings)
-        for seed in config.seeds:
-            current = now.segmentations(embed, config.k, seed)
-            previous = (earlier.segmentations(embed, config.k, seed)
-                        if len(earlier.profiles) >= users_min else None)
-            accs[METHODS[0]][seed].add(pop, truth_sets, catalogue, config.top_n)
-            for key, name in (("seg", METHODS[1]), ("rfm", METHODS[2]), ("cat", METHODS[3])):
-                labels, vectors, members = current[key]
-                recs = segment_recommendations(split.history, labels, users, config.top_n,
-                                               config.min_rating)
-                acc = accs[name][seed]
+    split = temporal_split(data.events, split_ms, horizon)
+    truth_sets = truth(split, config.min_rating)
+    users = sorted(truth_sets)
+    if not users or len(data.users(split_ms)) < max(ks) * config.min_users_per_k:
+        for _ in itertools.product(seeds, methods):
+            tick(f"split {_fmt(split_ms)} skipped")
+        return 0
+    catalogue = len({e.item_id for e in split.history})
+    for seed, method in itertools.product(seeds, methods):
+        tick(f"split {_fmt(split_ms)}, seed {seed}: {method}")
+        for k in ks:
+            acc = accs[k][method][seed]
+            if method == POP:
+                recs = popularity_recommendations(split.history, users, config.top_n,
+                                                  config.min_rating)
                 acc.add(recs, truth_sets, catalogue, config.top_n)
-                quality = cluster_scores(vectors, [labels[u] for u in members], seed)
-                acc.silhouette.append(quality.silhouette)
-                acc.db.append(quality.davies_bouldin)
-                if previous is not None:
-                    acc.stability.append(stability(previous[key][0], labels))
-        used.append(split_ms)
-        pairs += len(users)
-        if progress:
-            progress(f"split {len(used)}/{len(config.split_ms)}: {len(users)} users")
-    methods = {name: MethodResult({seed: acc.result() for seed, acc in per_seed.items()
-                                   if acc.users})
-               for name, per_seed in accs.items()}
-    for seed_results in methods[METHODS[0]].per_seed.values():  # not a segmentation
-        for metric in ("silhouette", "davies_bouldin", "stability"):
-            seed_results[metric] = math.nan
-    return EvalResult(config, used, pairs, methods)
+                continue
+            now = labels_of(data, method, split_ms, k, seed, params)
+            recs = segment_recommendations(split.history, now, users, config.top_n,
+                                           config.min_rating)
+            acc.add(recs, truth_sets, catalogue, config.top_n)
+            if not with_stability:
+                continue
+            for d in config.stability_days:
+                before_t = split_ms - int(d * DAY_MS)
+                if len(data.users(before_t)) >= k * config.min_users_per_k:
+                    before = labels_of(data, method, before_t, k, seed, params)
+                    acc.stability.setdefault(f"stability_{d:g}d", []).append(
+                        stability(before, now))
+    return len(users)
+
+
+def _fmt(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+def tuning_grid() -> list[dict]:
+    return [{"half_life_days": h, "center_items": c, "text_weight": w}
+            for h, c, w in itertools.product(HALF_LIVES, CENTRES, TEXT_WEIGHTS)]
+
+
+def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
+    """(tuning splits, reported splits)."""
+    if config.tune_until_ms is None:
+        return [], list(config.split_ms)
+    horizon = int(config.horizon_days * DAY_MS)
+    tuning = [t for t in config.split_ms if t + horizon <= config.tune_until_ms]
+    return tuning, [t for t in config.split_ms if t >= config.tune_until_ms]
+
+
+def total_steps(config: EvalConfig) -> int:
+    tuning, report = plan(config)
+    grid = len({(h, c) for h, c, _ in itertools.product(HALF_LIVES, CENTRES, [0])})
+    tune = len(tuning) * (grid * 1 + len(TEXT_WEIGHTS)) if tuning else 0
+    return tune + len(report) * len(config.seeds) * len(METHODS)
+
+
+def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: InterestSettings,
+             embed: TextEmbedder, config: EvalConfig, progress: Progress | None = None,
+             tick: Progress | None = None) -> EvalResult:
+    """Evaluate every method on every reported split, k and seed (tuning first, if asked)."""
+    tick = tick or (lambda _msg: None)
+    tuning_splits, report = plan(config)
+    times = set(tuning_splits) | set(report)
+    times |= {t - int(d * DAY_MS) for t in report for d in config.stability_days}
+    data = Data(events, sorted(times), ingest, interest, embed, progress)
+    params: dict = {"half_life_days": interest.half_life_days,
+                    "center_items": interest.center_items,
+                    "text_weight": interest.view_weights.get("text", 0.5)
+                    / max(interest.view_weights.get("interest", 1.0), 1e-9)}
+    tuning_log: list[dict] = []
+    if tuning_splits:
+        params, tuning_log = tune(data, tuning_splits, config, tick)
+    accs = {k: {m: {s: _Acc() for s in config.seeds} for m in METHODS} for k in config.ks}
+    used, pairs = [], 0
+    for split_ms in report:
+        n = _score_split(data, split_ms, config, METHODS, params, config.seeds, config.ks,
+                         accs, True, tick)
+        if n:
+            used.append(split_ms)
+            pairs += n
+    methods = {k: {m: {s: acc.result(config) for s, acc in per_seed.items() if acc.users}
+                   for m, per_seed in by_method.items()} for k, by_method in accs.items()}
+    for by_method in methods.values():  # popularity is not a segmentation
+        for seed_result in by_method[POP].values():
+            for d in config.stability_days:
+                seed_result[f"stability_{d:g}d"] = math.nan
+    return EvalResult(config, used, tuning_splits, pairs, params, tuning_log,
+                      data.interest_counts, methods)
+
+
+def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress
+         ) -> tuple[dict, list[dict]]:
+    """Choose half-life and centring (interest view), then the text weight (combination),
+    by mean NDCG@10 over ``config.ks`` on the tuning splits, seed 0."""
+    log: list[dict] = []
+
+    def ndcg(method: str, params: dict) -> float:
+        accs = {k: {method: {0: _Acc()}} for k in config.ks}
+        for split_ms in splits:
+            _score_split(data, split_ms, config, [method], params, [0], config.ks, accs,
+                         False, tick)
+        values = [accs[k][method][0].result(config)["ndcg"] for k in config.ks]
+        value = float(np.mean(values))
+        log.append({"method": method, **params, "ndcg": value})
+        return value
+
+    best = max(({"half_life_days": h, "center_items": c, "text_weight": 0.0}
+                for h, c in itertools.product(HALF_LIVES, CENTRES)),
+               key=lambda p: ndcg(INTEREST, p))
+    weight = max(TEXT_WEIGHTS, key=lambda w: ndcg(COMBO, best | {"text_weight": w}))
+    return best | {"text_weight": weight}, log

@@ -52,6 +52,14 @@ def segment_profiles_table(seg: Segmentation, profiles: dict[str, Profile], cata
     return rows
 
 
+def bar_label(row: dict[str, Any], width: int = 48) -> str:
+    """``<id>: <label>``, shortened on a word boundary to ``width`` characters."""
+    text = f"{row['segment_id']}: {row['label']}"
+    if len(text) <= width:
+        return text
+    return text[:width - 1].rsplit(" ", 1)[0].rstrip(" /,") + "…"
+
+
 def render_report(title: str, seg: Segmentation, rows: list[dict[str, Any]],
                   k_scores: dict[int, tuple[float, float]], k: int, k_rule: str,
                   facts: dict[str, str]) -> str:
@@ -59,11 +67,12 @@ def render_report(title: str, seg: Segmentation, rows: list[dict[str, Any]],
     order = [r["segment_id"] for r in rows]
     colour = {sid: plt.cm.tab20(i % 20) for i, sid in enumerate(order)}
 
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar(range(len(rows)), [r["size"] for r in rows], color=[colour[s] for s in order])
-    ax.set_xticks(range(len(rows)), [f"{r['segment_id']}\n{r['label'][:18]}" for r in rows],
-                  fontsize=7)
-    ax.set_ylabel("users")
+    # Horizontal bars: one readable label per row, however many segments and long labels.
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.32 * len(rows)))
+    ax.barh(range(len(rows)), [r["size"] for r in rows], color=[colour[s] for s in order])
+    ax.set_yticks(range(len(rows)), [bar_label(r) for r in rows], fontsize=8)
+    ax.invert_yaxis()  # largest first, at the top
+    ax.set_xlabel("users")
     ax.set_title("Segment sizes")
     sizes_png = _png(fig)
 
@@ -74,7 +83,7 @@ def render_report(title: str, seg: Segmentation, rows: list[dict[str, Any]],
     for sid in order:
         idx = [i for i, u in enumerate(seg.users) if labels[u] == sid]
         ax.scatter(xy[idx, 0], xy[idx, 1], s=8, color=colour[sid], label=sid, alpha=0.75)
-    ax.set_title("Users in 2-D (PCA of the feature-text embeddings), coloured by segment")
+    ax.set_title("Users in 2-D (PCA of the clustered view), coloured by segment")
     ax.legend(fontsize=7, markerscale=2, ncol=2)
     scatter_png = _png(fig)
 
