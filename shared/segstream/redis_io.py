@@ -6,18 +6,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from segstream.config import RedisSettings
 from segstream.errors import InfraError
 from segstream.keys import Keys
 
-__all__ = ["Keys", "check_redis", "decode_fields", "redis_client"]
+__all__ = ["Keys", "check_redis", "decode_fields", "hash_fields", "redis_client"]
 
 
 def decode_fields(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     """A hash as ``HGETALL`` returns it (bytes replies) with text keys and values."""
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                           else v) for k, v in raw.items()}
+
+
+def hash_fields(fields: Mapping[str, EncodableT]) -> dict[FieldT, EncodableT]:
+    """``fields`` as the ``mapping`` of ``HSET`` (a copy typed the way redis-py wants it)."""
+    return dict(fields.items())
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis:

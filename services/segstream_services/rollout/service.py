@@ -34,6 +34,7 @@ from segstream.encoding import Encoder, text_hash, vec_from_bytes, vec_to_bytes
 from segstream.errors import StateError
 from segstream.keys import Keys
 from segstream.records import change_record
+from segstream.redis_io import decode_fields, hash_fields
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter
 from segstream.segmentation.labels import text_changes
 from segstream_services.rollout.migrate import RolloutReport, migrate, restore
@@ -216,7 +217,7 @@ class Rollout:
         self.client.delete(prev_ids)
         ids = {uid: seg["segment_id"] for uid, seg in segs.items() if seg.get("segment_id")}
         if ids:
-            self.client.hset(prev_ids, mapping=ids)
+            self.client.hset(prev_ids, mapping=hash_fields(ids))
         self.client.set(self.keys.model_prev_state(), store.encode_model(model))
         self._commit(new, assignments, segs, version, applied, now, lock,
                      self._rotate(assignments, swap=False))
@@ -230,7 +231,7 @@ class Rollout:
         old = store.decode_model(raw)
         current, _, applied = store.read_state(self.client, self.keys)
         prev_ids = self.keys.model_prev_ids()
-        ids = {k.decode(): v.decode() for k, v in self.client.hgetall(prev_ids).items()}
+        ids = decode_fields(self.client.hgetall(prev_ids))
         batch, segs = self._read(sorted(ids), self.keys.emb_prev, version)
         batch = [Observation(o.key, o.vector, o.text, segs[o.key].get("segment_id"))
                  for o in batch]
@@ -245,9 +246,9 @@ class Rollout:
         now_ids = {uid: seg["segment_id"] for uid, seg in segs.items() if seg.get("segment_id")}
         self.client.delete(prev_ids)
         if now_ids:
-            self.client.hset(prev_ids, mapping=now_ids)
+            self.client.hset(prev_ids, mapping=hash_fields(now_ids))
         return RolloutReport(len(batch), len(changed), len(changed),
-                             current.model_version if current else "", version, changed)
+                             (current.model_version or "") if current else "", version, changed)
 
     def _rotate(self, assignments: list[Assignment], swap: bool) -> Callable[[Any], None]:
         """Pipeline commands moving each user's vectors: rollout (``swap=False``) keeps the

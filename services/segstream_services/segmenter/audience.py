@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -104,7 +104,7 @@ def member_sets(client: redis.Redis, keys: Keys) -> dict[str, set[str]]:
     head = keys.seg_members("")
     out: dict[str, set[str]] = {}
     for key in client.scan_iter(match=keys.seg_members("*"), count=SCAN_COUNT, _type="zset"):
-        members = {m.decode() for m in client.zrange(key, 0, -1)}
+        members = {m.decode() for m in cast(list[bytes], client.zrange(key, 0, -1))}
         if members:
             out[key.decode()[len(head):]] = members
     return out

@@ -147,7 +147,7 @@ class SegmenterService:
             if claimed and claimed[1]:
                 self._pending = True
         start = "0" if self._pending else ">"
-        reply = self.redis.xreadgroup(self.s.group, self.consumer, {self.stream: start},
+        reply: Any = self.redis.xreadgroup(self.s.group, self.consumer, {self.stream: start},
                                       count=self.s.batch_size,
                                       block=None if self._pending else self.s.block_ms)
         raw = reply[0][1] if reply else []

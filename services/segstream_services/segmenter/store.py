@@ -28,10 +28,11 @@ from typing import Any
 import redis
 
 from segstream.config import Settings
-from segstream.errors import InfraError
+from segstream.errors import DataError, InfraError
 from segstream.features import Rfm
 from segstream.keys import Keys
 from segstream.records import catalog_entries
+from segstream.redis_io import hash_fields
 from segstream.segmentation import Assignment, OnlineSegmenter
 from segstream.segmentation.engagement import EngagementThresholds, engagement_tier
 from segstream_services.segmenter import audience
@@ -45,7 +46,9 @@ def encode_model(model: OnlineSegmenter) -> bytes:
     return zlib.compress(json.dumps(model.to_dict(), separators=(",", ":")).encode(), 3)
 
 
-def decode_model(raw: bytes) -> OnlineSegmenter:
+def decode_model(raw: bytes | str) -> OnlineSegmenter:
+    if not isinstance(raw, bytes):
+        raise DataError("the stored segmenter state is not binary")
     return OnlineSegmenter.from_dict(json.loads(zlib.decompress(raw)))
 
 
@@ -153,7 +156,7 @@ class SegmentStateWriter:
         old = audience.stored_segments(self.client, self.keys, users)
         pipe = self.client.pipeline(transaction=True)                           # 3
         for uid, fields in users.items():
-            pipe.hset(self.keys.seg(uid), mapping=fields)
+            pipe.hset(self.keys.seg(uid), mapping=hash_fields(fields))
             audience.stage_move(pipe, self.keys, uid, old[uid],
                                 fields.get("segment_id") or old[uid])
         for uid, text in texts.items():
