@@ -172,7 +172,10 @@ class EncoderSettings(BaseModel):
     stream_maxlen: int = Field(default=500_000, ge=1_000)
 
 
-def _view_weights(interest: float, text: float) -> dict[Literal["interest", "text"], float]:
+ViewName = Literal["interest", "text"]  # the views the segmenter combines
+
+
+def _view_weights(interest: float, text: float) -> dict[ViewName, float]:
     return {"interest": interest, "text": text}
 
 
@@ -196,7 +199,7 @@ class InterestSettings(BaseModel):
     center_items: bool = True
     fallback: Literal["cooccurrence", "skip"] = "cooccurrence"
     item_text_chars: int = Field(default=160, ge=16, le=2_000)
-    view_weights: dict[Literal["interest", "text"], float] = Field(
+    view_weights: dict[ViewName, float] = Field(
         default_factory=lambda: _view_weights(interest=1.0, text=0.5))
 
 
