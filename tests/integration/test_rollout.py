@@ -28,6 +28,7 @@ from segstream_services.encoder.service import EncoderWorker
 from segstream_services.rollout.registry import Registry
 from segstream_services.rollout.service import Rollout
 from segstream_services.segmenter import store
+from segstream_services.segmenter.audience import member_sets, recount
 from tests.unit.test_finetune import _run, tiny_base  # noqa: F401 - the base model fixture
 
 pytestmark = pytest.mark.integration
@@ -40,6 +41,7 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients, tiny_base: Path,
     s = infra.model_copy(deep=True)
     s.redis.key_prefix = unique
     s.topics.segments, s.topics.catalog = f"{unique}.segments", f"{unique}.catalog"
+    s.topics.assignments = f"{unique}.assignments"
     s.encoder = s.encoder.model_copy(update={"model_path": tiny_base, "dtype": "float32",
                                              "device": "cpu", "claim_batch": 1,
                                              "max_wait_ms": 0})
@@ -48,6 +50,7 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients, tiny_base: Path,
     admin.close()
     for name, value in (("REDIS__KEY_PREFIX", unique), ("TOPICS__SEGMENTS", s.topics.segments),
                         ("TOPICS__CATALOG", s.topics.catalog),
+                        ("TOPICS__ASSIGNMENTS", s.topics.assignments),
                         ("ENCODER__MODEL_PATH", str(tiny_base)),
                         ("ENCODER__DTYPE", "float32"), ("ENCODER__DEVICE", "cpu")):
         monkeypatch.setenv(f"SEGSTREAM_{name}", value)
@@ -151,6 +154,9 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
         assert r["previous_segment_id"] == before[r["user_id"]]
     catalog = _records(kafka, settings.topics.catalog)
     assert catalog and all(c["model_version"] == new.model_version for c in catalog)
+    assert member_sets(redis_conn, keys) == recount(redis_conn, keys)  # sets follow ids
+    by_user = {r["user_id"]: r for r in _records(kafka, settings.topics.assignments)}
+    assert by_user == {r["user_id"]: r for r in changes}  # current state: the same records
 
     # The encoder worker switches to the new model without a restart and serves it.
     worker.watcher._at = 0.0
@@ -171,6 +177,7 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     assert state["previous_version"] == new.model_version
     back = {u: redis_conn.hget(keys.seg(u), "segment_id").decode() for u in users}
     assert back == before
+    assert member_sets(redis_conn, keys) == recount(redis_conn, keys)
     model, _, _ = store.read_state(redis_conn, keys)
     assert model is not None and model.model_version == old.model_version
     assert redis_conn.hget(keys.emb(users[5]), "model_version").decode() == \
