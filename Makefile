@@ -21,3 +21,4 @@ status:
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from segstream.config import IngestSettings, InterestSettings
+from segstream.config import IngestSettings, InterestSettings, ViewName
 from segstream.encoding import Encoder
 from segstream.errors import ConfigError
 from segstream.events import Event
@@ -256,7 +256,7 @@ class Views:
     no_interest: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
-    def matrix(self, weights: Mapping[str, float]) -> np.ndarray:
+    def matrix(self, weights: Mapping[str, float] | Mapping[ViewName, float]) -> np.ndarray:
         """The combination under ``weights`` (``{"interest": w, "text": w}``)."""
         return combine_views([(self.interest, weights.get("interest", 0.0)),
                               (self.text, weights.get("text", 0.0))])
