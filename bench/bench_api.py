@@ -146,7 +146,7 @@ def http_load(port: int, ids: list[str], seconds: float, concurrency: int) -> li
     return [x for r in results for x in r]
 
 
-def start_server(settings: Settings, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(settings: Settings) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -154,7 +154,7 @@ def start_server(settings: Settings, workers: int) -> tuple[subprocess.Popen[byt
            "SEGSTREAM_LOG_LEVEL": "WARNING"}
     env.pop("SEGSTREAM_API__TOKEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "serve",
-                             "--port", str(port), "--workers", str(workers)], env=env)
+                             "--port", str(port)], env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -171,7 +171,6 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=10.0, help="per measurement (10)")
     ap.add_argument("--concurrency", type=int, default=8, help="HTTP connections (8)")
-    ap.add_argument("--workers", type=int, default=1, help="server worker processes (1)")
     args = ap.parse_args()
     base = load_settings()
     settings = base.model_copy(update={"redis": base.redis.model_copy(update={
@@ -191,10 +190,9 @@ def main() -> int:
         client = SegmentClient(settings)
         summary("SegmentClient.get (1 thread)", loop(client.get, ids, args.seconds),
                 args.seconds)
-        proc, port = start_server(settings, args.workers)
+        proc, port = start_server(settings)
         http_load(port, ids, 1.0, args.concurrency)  # warm-up
-        api = summary(f"GET /v1/users/{{id}} ({args.concurrency} conns, "
-                      f"{args.workers} worker)",
+        api = summary(f"GET /v1/users/{{id}} ({args.concurrency} conns)",
                       http_load(port, ids, args.seconds, args.concurrency), args.seconds)
         print(f"ratio: API {api['per_s'] / peer['per_s']:.2f}x the raw HGETALL loop's "
               f"requests/s; p99 {api['p99_ms']:.2f} ms vs {peer['p99_ms']:.3f} ms")

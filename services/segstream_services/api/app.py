@@ -169,8 +169,9 @@ def create_app(settings: Settings, client: SegmentClient | None = None,
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` and multi-worker runs: settings from the
-    environment and ``$SEGSTREAM_CONFIG``."""
+    """Factory for other ASGI servers (``uvicorn --factory
+    segstream_services.api.app:app_from_env``): settings from the environment and
+    ``$SEGSTREAM_CONFIG``."""
     from segstream.config import load_settings
 
     return create_app(load_settings())

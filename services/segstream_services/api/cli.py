@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from segstream.config import Settings
@@ -23,8 +22,6 @@ def register(sub: Any, run_sub: Any) -> None:
                               "in the config file); without it the API is open")
     p.add_argument("--host", help="listen address (api.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (api.port, 8080)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes (1); each keeps its own /metrics")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
     from segstream_services import export
@@ -39,20 +36,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     port = settings.api.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise ConfigError(f"invalid --port {port}: expected 0..65535")
-    if args.workers < 1:
-        raise ConfigError(f"invalid --workers {args.workers}: expected at least 1")
     check_redis(redis_client(settings.redis))
     log.info("read API on http://%s:%d (auth %s)", host, port,
              "bearer token" if settings.api.token else "off")
-    common: dict[str, Any] = {"host": host, "port": port, "access_log": args.access_log,
-                              "log_level": settings.log_level.lower(), "server_header": False}
-    if args.workers == 1:
-        from segstream_services.api.app import create_app
+    from segstream_services.api.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
-    else:  # workers re-read settings from the environment and $SEGSTREAM_CONFIG
-        if args.config:
-            os.environ["SEGSTREAM_CONFIG"] = args.config
-        uvicorn.run("segstream_services.api.app:app_from_env", factory=True,
-                    workers=args.workers, **common)
+    # one process; scale out with more processes behind a load balancer (uvicorn's own
+    # --workers mode measured 6x slower here, see bench/bench_api.py)
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=args.access_log,
+                log_level=settings.log_level.lower(), server_header=False)
     return 0
