@@ -99,6 +99,10 @@ def assert_exact(settings: Settings, expected: dict[str, dict[str, Any]]) -> Non
                    "active_days": w.active_days}
             assert got == want[days], (uid, days)
         assert f.recent_titles == want["titles"], uid
+        rfm = store.read_rfm(uid)  # the segmenter's RFM inputs, published beside the text
+        assert rfm is not None and rfm.last_active_ms == want["last_ts"], uid
+        assert (rfm.frequency, round(rfm.monetary * 100)) == \
+            (sum(want[30]["types"].values()), want[30]["spend_cents"]), uid
         assert text and text.startswith("Last 30 days:"), uid
 
 
@@ -235,7 +239,7 @@ def test_crash_between_redis_apply_and_texts_loses_nothing(infra: Settings,
     produce(settings, stream.records())
     crashing = IngestService(settings)
 
-    def crash(_updates: Any) -> int:
+    def crash(_updates: Any, _rfm: Any = None) -> int:
         raise RuntimeError("simulated crash after step 2")
 
     crashing.store.store_texts = crash  # type: ignore[method-assign]
@@ -316,9 +320,9 @@ def test_a_second_consumer_joining_mid_stream_takes_over_exactly(infra: Settings
     stats: list[Any] = [None, None]
     store_texts = services[0].store.store_texts
 
-    def slow_store_texts(updates: Any) -> int:  # a slow first member: the stream lasts
-        time.sleep(0.02)
-        return store_texts(updates)
+    def slow_store_texts(updates: Any, rfm: Any = None) -> int:
+        time.sleep(0.02)  # a slow first member: the stream lasts
+        return store_texts(updates, rfm)
 
     services[0].store.store_texts = slow_store_texts  # type: ignore[method-assign]
 

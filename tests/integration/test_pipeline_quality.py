@@ -71,10 +71,9 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
     per_user = Counter(json.loads(v)["user_id"] for _, v in records if v)
     assert 25 <= sorted(per_user.values())[len(per_user) // 2] <= 35  # "~30 events" each
 
-    stop = threading.Event()
     worker = EncoderWorker(settings, client=redis_client(settings.redis))
     segmenter = SegmenterService(settings, kafka=kafka, consumer="quality")
-    threads = [threading.Thread(target=worker.run, args=(stop,), daemon=True),
+    threads = [threading.Thread(target=worker.run, daemon=True),
                threading.Thread(target=segmenter.run, daemon=True)]
     for t in threads:
         t.start()
@@ -101,7 +100,7 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
         assert segmenter.model.version == versions
     finally:
         producer.close()
-        stop.set()
+        worker.stop()
         segmenter.stop()
         for t in threads:
             t.join(30)
