@@ -113,7 +113,7 @@ def test_cursor_round_trip_and_garbage() -> None:
 @pytest.mark.parametrize("bad", ["", "  ", "x" * 129, "a\x00b", "line\nbreak", "\ud800",
                                  "}u", "a{b}", 42])
 def test_malformed_user_ids_are_refused_in_one_line(bad: object) -> None:
-    with pytest.raises(DataError, match="^invalid user id"):
+    with pytest.raises(DataError, match=r"^invalid user id"):
         check_user_id(bad)
 
 
