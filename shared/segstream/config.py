@@ -45,6 +45,9 @@ class KafkaSettings(BaseModel):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    # the client library (segstream.kafka_client): kafka-python, or confluent-kafka
+    # (librdkafka; the optional extra segstream[fast])
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
 
 
 class RedisSettings(BaseModel):
@@ -59,6 +62,7 @@ class RedisSettings(BaseModel):
     ssl_ca_certs: str | None = None
     key_prefix: str = Field(default="ss", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     socket_timeout_s: float = Field(default=10.0, gt=0)
+    cluster: bool = False  # Redis Cluster: host:port is any node; db must stay 0
 
 
 class TopicSettings(BaseModel):

@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 
+from segstream import redis_scripts
 from segstream.config import Settings
 from segstream.features import Increment, Rfm, UserState
 from segstream.keys import Keys
@@ -276,17 +277,16 @@ class FeatureStore:
         users = list(by_user)
         start = 0
         while start < len(users):
-            pipe = self.client.pipeline(transaction=False)
+            calls = redis_scripts.ScriptCalls(self.client)
             chunk: list[str] = []
             events = 0
             while start < len(users) and (not chunk or events < self.cfg.redis_chunk):
                 uid = users[start]
-                self._apply(keys=self.user_keys(uid), args=self._args(by_user[uid]),
-                            client=pipe)
+                calls.add(self._apply, self.user_keys(uid), self._args(by_user[uid]))
                 chunk.append(uid)
                 events += len(by_user[uid])
                 start += 1
-            for uid, reply in zip(chunk, pipe.execute(), strict=True):
+            for uid, reply in zip(chunk, calls.execute(), strict=True):
                 results[uid] = self._result(reply)
         return results
 
@@ -306,6 +306,8 @@ class FeatureStore:
         ``apply``, which loads the script (a NOSCRIPT call did not run, so nothing is
         applied twice).
         """
+        if redis_scripts.is_cluster(self.client):  # no one connection: ``collect`` applies
+            return InFlight(list(by_user), by_user, None)
         if not self._loaded:
             self.client.script_load(APPLY_LUA)
             self._loaded = True
@@ -324,6 +326,8 @@ class FeatureStore:
 
     def collect(self, inflight: InFlight) -> dict[str, UserResult]:
         """The results of ``send_apply``'s calls, once Redis acknowledged all of them."""
+        if inflight.conn is None:
+            return self.apply(inflight.by_user)
         pool = self.client.connection_pool
         results: dict[str, UserResult] = {}
         missing: list[str] = []

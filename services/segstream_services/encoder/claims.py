@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from segstream import redis_scripts
 from segstream.keys import Keys
 from segstream.stream_entry import FIELDS, EmbeddedEntry
 
@@ -148,11 +149,11 @@ class ClaimQueue:
                          ) -> int:
         """Store (user, vec bytes, model_version, text_hash, encoded_ms) rows unless a
         newer claim already wrote that user; returns how many writes a newer one blocked."""
-        pipe = self.client.pipeline(transaction=False)
+        calls = redis_scripts.ScriptCalls(self.client)
         for uid, vec, version, thash, encoded_ms in rows:
-            self._emb_write(keys=[self.keys.emb(uid)],
-                            args=[fence, vec, version, thash, encoded_ms], client=pipe)
-        return sum(1 for ok in pipe.execute() if not ok)
+            calls.add(self._emb_write, [self.keys.emb(uid)],
+                      [fence, vec, version, thash, encoded_ms])
+        return sum(1 for ok in calls.execute() if not ok)
 
     def complete(self, token: str, entries: list[EmbeddedEntry], maxlen: int,
                  release: list[str] | None = None) -> tuple[int, int]:
@@ -175,8 +176,8 @@ class ClaimQueue:
         pipe.zcard(self.keys.dirty())
         pipe.zcard(self.keys.claims())
         pipe.zrange(self.keys.dirty(), 0, 0, withscores=True)
-        pipe.time()
-        dirty, claimed, oldest, (sec, usec) = pipe.execute()
+        dirty, claimed, oldest = pipe.execute()
+        sec, usec = self.client.time()  # not pipelined: a cluster pipeline refuses TIME
         now_ms = sec * 1000 + usec // 1000
         age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
         return int(dirty), int(claimed), age
