@@ -12,6 +12,7 @@ import pytest
 
 from segstream.config import Settings
 from segstream.feature_store import FeatureStore
+from segstream.feature_text import render
 from segstream.features import summarize
 from segstream.kafka_io import KafkaClients
 from segstream.redis_io import redis_client
@@ -103,7 +104,9 @@ def assert_exact(settings: Settings, expected: dict[str, dict[str, Any]]) -> Non
         assert rfm is not None and rfm.last_active_ms == want["last_ts"], uid
         assert (rfm.frequency, round(rfm.monetary * 100)) == \
             (sum(want[30]["types"].values()), want[30]["spend_cents"]), uid
-        assert text and text.startswith("Last 30 days:"), uid
+        # the stored text is exactly the rendering of the stored state (interest first)
+        assert text == render(summarize(state, settings.ingest), settings.ingest), uid
+        assert "Last 30 days:" in text, uid
 
 
 def sample(service: IngestService, name: str, **labels: str) -> float:
@@ -292,7 +295,8 @@ def test_cli_replay_produce_and_user(infra: Settings, unique: str, tmp_path: Any
     done = cli("user", "C1", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["profile"]["feature_text"].startswith("Last 30 days: 6-10 events")
+    assert report["profile"]["feature_text"].startswith("Mostly home (100%).")
+    assert "Last 30 days: 6-10 events" in report["profile"]["feature_text"]
     assert report["profile"]["text_is_current"] is True
     assert report["features"]["last_30_days"]["types"] == {"purchase": 10}
     assert report["features"]["last_30_days"]["categories"] == {"home": 10}
