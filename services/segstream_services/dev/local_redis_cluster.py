@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -91,7 +92,7 @@ class LocalRedisCluster:
             for port in self.ports:
                 self.procs.append(self._spawn(binary, port))
             for port in self.ports:
-                self._wait(lambda p=port: self._ping(p), f"node {port} to answer PING")
+                self._wait(partial(self._ping, port), f"node {port} to answer PING")
             done = subprocess.run(
                 [cli, "--cluster", "create", *(f"{self.host}:{p}" for p in self.ports),
                  "--cluster-replicas", "0", "--cluster-yes"],
@@ -100,7 +101,7 @@ class LocalRedisCluster:
                 raise InfraError(f"redis-cli --cluster create failed: "
                                  f"{(done.stderr or done.stdout).strip()[-300:]}")
             for port in self.ports:
-                self._wait(lambda p=port: self._cluster_ok(p), f"node {port}: cluster_state ok")
+                self._wait(partial(self._cluster_ok, port), f"node {port}: cluster_state ok")
         except BaseException:
             self.stop()
             raise
@@ -135,7 +136,8 @@ class LocalRedisCluster:
     def _wait(self, check: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while not check():
-            dead = [p.args[2] for p in self.procs if p.poll() is not None]
+            dead = [str(port) for port, p in zip(self.ports, self.procs, strict=False)
+                    if p.poll() is not None]
             if dead:
                 raise InfraError(f"redis-server on port(s) {', '.join(dead)} exited")
             if time.monotonic() > deadline:
