@@ -174,6 +174,15 @@ class EncoderSettings(BaseModel):
     cache_enabled: bool = True
     cache_ttl_s: int = Field(default=86_400, ge=0)  # 0: entries never expire
     stream_maxlen: int = Field(default=500_000, ge=1_000)
+    # the interest path (segstream_services.encoder.items / .views): items are embedded in
+    # micro-batches of ``item_batch``; a worker keeps ``item_cache`` item vectors in memory
+    item_batch: int = Field(default=256, ge=1, le=8192)
+    item_cache: int = Field(default=200_000, ge=0)
+    # the feature-text view: a user's text is re-embedded at most once per
+    # ``text_min_interval_s``, ``text_batch`` texts between two claims (never blocking the
+    # interest path for longer); skipped entirely when its view weight is 0
+    text_min_interval_s: float = Field(default=30.0, ge=0)
+    text_batch: int = Field(default=16, ge=1, le=8192)
 
 
 ViewName = Literal["interest", "text"]  # the views the segmenter combines
@@ -200,9 +209,21 @@ class InterestSettings(BaseModel):
         "purchase": 1.0, "cart": 0.6, "like": 0.6, "rate": 1.0, "play": 0.5, "share": 0.5,
         "comment": 0.4, "click": 0.3, "view": 0.15})
     other_weight: float = Field(default=0.2, ge=0)
-    center_items: bool = True
+    # A rated event weighs by how much the user liked the item: its type weight times
+    # (rating - rating_neutral) / (rating_max - rating_neutral), clipped to [0, 1];
+    # None: ratings do not change weights.
+    rating_neutral: float | None = 2.5
+    rating_max: float = Field(default=5.0, gt=0)
+    center_items: bool = False
+    # Weigh each event also by its item's inverse user frequency at the time it is seen,
+    # 1 + log((1 + users so far) / (1 + users who had the item so far)): items everyone
+    # takes (milk, a blockbuster) say less about a user's interests.
+    idf_items: bool = False
     fallback: Literal["cooccurrence", "skip"] = "cooccurrence"
     item_text_chars: int = Field(default=160, ge=16, le=2_000)
+    # online: ingest keeps each user's ``max_items`` most weighted items (see
+    # segstream.feature_store); 0 turns the online interest state off
+    max_items: int = Field(default=200, ge=0, le=10_000)
     view_weights: dict[ViewName, float] = Field(
         default_factory=lambda: _view_weights(interest=1.0, text=0.5))
 

@@ -107,6 +107,32 @@ def segment_recommendations(history: Sequence[Event], assignment: Mapping[str, H
     }
 
 
+class SegmentRecommender:
+    """``segment_recommendations`` for many segmentations of the same history: the
+    per-user positive counts are gathered once, so each segmentation costs O(users ×
+    items per user) instead of a pass over every event."""
+
+    def __init__(self, history: Sequence[Event], min_rating: float) -> None:
+        self.per_user: dict[str, Counter[str]] = defaultdict(Counter)
+        for event in history:
+            if is_positive(event, min_rating):
+                self.per_user[event.user_id][event.item_id] += 1
+        self.global_rank = item_ranking(history, min_rating)
+        self.seen = seen_items(history)
+
+    def __call__(self, assignment: Mapping[str, Hashable], users: Iterable[str], k: int
+                 ) -> dict[str, list[str]]:
+        totals: dict[Hashable, Counter[str]] = defaultdict(Counter)
+        for user, counts in self.per_user.items():
+            if user in assignment:
+                totals[assignment[user]].update(counts)
+        seg_rank = {seg: [item for item, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+                    for seg, c in totals.items()}
+        return {user: recommend([seg_rank.get(assignment.get(user), []), self.global_rank],
+                                self.seen.get(user, set()), k)
+                for user in users}
+
+
 def popularity_recommendations(history: Sequence[Event], users: Iterable[str], k: int,
                                min_rating: float) -> dict[str, list[str]]:
     """Global popularity: the same ranking for everyone, minus what each user already had."""

@@ -78,8 +78,14 @@ def vector_problem(vec: np.ndarray | None, dim: int | None = None) -> str | None
 
 
 def event_weight(event: Event, settings: InterestSettings) -> float:
-    """The weight of one event's item in its user's interest vector."""
-    return float(settings.type_weights.get(event.type, settings.other_weight))
+    """The weight of one event's item in its user's interest vector: its type's weight,
+    scaled by the rating when there is one (``rating_neutral``; a disliked item weighs 0)."""
+    weight = float(settings.type_weights.get(event.type, settings.other_weight))
+    neutral = settings.rating_neutral
+    if event.rating is not None and neutral is not None and settings.rating_max > neutral:
+        liked = (event.rating - neutral) / (settings.rating_max - neutral)
+        weight *= min(1.0, max(0.0, liked))
+    return weight
 
 
 @dataclass
@@ -152,6 +158,8 @@ class InterestAggregator:
     center: np.ndarray | None = None
     users: dict[str, InterestState] = field(default_factory=dict)
     cooccurrence: dict[str, InterestState] = field(default_factory=dict)
+    item_users: dict[str, set[str]] = field(default_factory=dict)
+    seen_users: set[str] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
     _ready: dict[str, np.ndarray | None] = field(default_factory=dict)
 
@@ -186,6 +194,8 @@ class InterestAggregator:
         weight = event_weight(event, self.settings)
         if weight <= 0:
             return self._count("zero_weight")
+        if self.settings.idf_items:
+            weight *= self._idf(event)
         vec = self.item_vector(event.item_id)
         how = "embedded"
         if vec is None:
@@ -203,6 +213,14 @@ class InterestAggregator:
         state = self.users.setdefault(event.user_id, InterestState())
         state.add(vec, weight, event.ts_ms, self.half_life_ms)
         return self._count(how)
+
+    def _idf(self, event: Event) -> float:
+        """1 + log((1 + users so far) / (1 + users who had the item before this event))."""
+        had = self.item_users.setdefault(event.item_id, set())
+        self.seen_users.add(event.user_id)
+        idf = 1.0 + math.log((1 + len(self.seen_users)) / (1 + len(had)))
+        had.add(event.user_id)
+        return idf
 
     def _count(self, what: str) -> str:
         self.counts[what] += 1

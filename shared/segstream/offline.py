@@ -141,12 +141,28 @@ def interest_at(events: Iterable[Event], times: Sequence[int], settings: Interes
     return out, dict(agg.counts)
 
 
-def combine_views(views: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
-    """Concatenate the row-L2-normalised views, each multiplied by its weight."""
+def center_users(matrix: np.ndarray) -> np.ndarray:
+    """Subtract the mean of the (unit) rows that are not all zero: what every user shares
+    (the template of the feature texts, the typical basket) stops dominating distances."""
+    rows = np.linalg.norm(matrix, axis=1) > 0
+    if not rows.any():
+        return matrix
+    out = matrix.copy()
+    unit = matrix[rows] / np.linalg.norm(matrix[rows], axis=1, keepdims=True)
+    out[rows] = unit - unit.mean(axis=0)
+    return out
+
+
+def combine_views(views: Sequence[tuple[np.ndarray, float]], center: bool = False
+                  ) -> np.ndarray:
+    """Concatenate the row-L2-normalised views (each first centred over the users, when
+    ``center``), each multiplied by its weight."""
     parts = []
     for matrix, weight in views:
         if weight <= 0:
             continue
+        if center:
+            matrix = center_users(matrix)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         parts.append(weight * matrix / np.maximum(norms, 1e-12))
     if not parts:

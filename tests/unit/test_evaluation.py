@@ -15,6 +15,7 @@ from segstream.baselines import (
     top_category,
 )
 from segstream.evaluation import (
+    SegmentRecommender,
     cluster_scores,
     popularity_recommendations,
     recommend,
@@ -81,6 +82,10 @@ def test_segment_popularity_beats_global_popularity_on_two_tastes() -> None:
                 truth_sets, 11, k=1)
     assert seg.hr == 1.0
     assert pop.hr == 0.0
+    fast = SegmentRecommender(split.history, 4.0)
+    for k in (1, 3, 10):
+        assert fast(assignment, truth_sets, k) == segment_recommendations(
+            split.history, assignment, truth_sets, k, 4.0)
 
 
 def test_stability_ignores_label_names_and_sees_real_moves() -> None:

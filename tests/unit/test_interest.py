@@ -14,6 +14,7 @@ from segstream.interest import (
     InterestAggregator,
     InterestState,
     catalogue_center,
+    event_weight,
     item_text,
     readable_category,
     vector_problem,
@@ -151,3 +152,29 @@ def test_centering_removes_the_shared_direction() -> None:
     vecs = agg.vectors()
     assert float(vecs["u"] @ vecs["v"]) == pytest.approx(-1.0)  # opposite once centred
     assert catalogue_center([np.zeros(3)]) is None
+
+
+def test_ratings_scale_the_weight_and_dislikes_weigh_nothing() -> None:
+    settings = InterestSettings()
+    rated = [Event(event_id=str(r), user_id="u", ts_ms=0, type="rate", item_id="i", rating=r)
+             for r in (1.0, 2.5, 3.75, 5.0)]
+    assert [event_weight(e, settings) for e in rated] == pytest.approx([0, 0, 0.5, 1.0])
+    off = InterestSettings(rating_neutral=None)
+    assert event_weight(rated[0], off) == off.type_weights["rate"]
+    agg = InterestAggregator(settings, {"i": unit(1, 0)})
+    assert agg.observe(rated[0]) == "zero_weight" and agg.vectors() == {}
+
+
+def test_idf_weighting_favours_rare_items() -> None:
+    settings = InterestSettings(idf_items=True)
+    agg = InterestAggregator(settings, {"milk": unit(1, 0), "caviar": unit(0, 1)})
+    for i in range(9):
+        agg.observe(ev(f"u{i}", "milk", 1))
+    agg.observe(ev("me", "milk", 2))
+    agg.observe(ev("me", "caviar", 2))
+    vec = agg.vectors()["me"]
+    assert vec[1] > vec[0] > 0  # the item few others took weighs more
+    plain = InterestAggregator(InterestSettings(), {"milk": unit(1, 0), "caviar": unit(0, 1)})
+    plain.observe(ev("me", "milk", 2))
+    plain.observe(ev("me", "caviar", 2))
+    assert plain.vectors()["me"][0] == pytest.approx(plain.vectors()["me"][1])

@@ -27,9 +27,9 @@ import numpy as np
 from segstream.baselines import category_matrix, cooccurrence_matrix, kmeans_labels, rfm_matrix
 from segstream.config import IngestSettings, InterestSettings
 from segstream.evaluation import (
+    SegmentRecommender,
     popularity_recommendations,
     score,
-    segment_recommendations,
     stability,
     temporal_split,
     truth,
@@ -208,13 +208,14 @@ class Data:
         if method in self.baselines[t]:
             return self.baselines[t][method]
         users = self.users(t)
+        center = params.get("center_users", False)
         if method == TEXT:
-            return users, self.text_vectors(t)
+            return users, combine_views([(self.text_vectors(t), 1.0)], center)
         inter = self.interest_vectors(t, params["half_life_days"], params["center_items"])
         if method == INTEREST:
-            return users, inter
+            return users, combine_views([(inter, 1.0)], center)
         return users, combine_views([(inter, 1.0),
-                                     (self.text_vectors(t), params["text_weight"])])
+                                     (self.text_vectors(t), params["text_weight"])], center)
 
 
 def labels_of(data: Data, method: str, t: int, k: int, seed: int, params: dict
@@ -238,6 +239,7 @@ def _score_split(data: Data, split_ms: int, config: EvalConfig, methods: Sequenc
             tick(f"split {_fmt(split_ms)} skipped")
         return 0
     catalogue = len({e.item_id for e in split.history})
+    recommender = SegmentRecommender(split.history, config.min_rating)
     for seed, method in itertools.product(seeds, methods):
         tick(f"split {_fmt(split_ms)}, seed {seed}: {method}")
         for k in ks:
@@ -248,8 +250,7 @@ def _score_split(data: Data, split_ms: int, config: EvalConfig, methods: Sequenc
                 acc.add(recs, truth_sets, catalogue, config.top_n)
                 continue
             now = labels_of(data, method, split_ms, k, seed, params)
-            recs = segment_recommendations(split.history, now, users, config.top_n,
-                                           config.min_rating)
+            recs = recommender(now, users, config.top_n)
             acc.add(recs, truth_sets, catalogue, config.top_n)
             if not with_stability:
                 continue
