@@ -166,9 +166,9 @@ def test_claims_skip_users_held_by_live_claims(redis_conn: redis.Redis, unique: 
     assert redis_conn.zcard(keys.dirty()) == 1
     # b cannot complete a's claim; a can, once; then x is claimable again
     done = [EmbeddedEntry("x", "m", "h", held.users[0][1], 1)]
-    assert b.complete(got.token, done, 1_000) == (0, 1)
-    assert a.complete(held.token, done, 1_000) == (1, 0)
-    assert a.complete(held.token, done, 1_000) == (0, 1)
+    assert b.complete(got.token, done) == (0, 1)
+    assert a.complete(held.token, done) == (1, 0)
+    assert a.complete(held.token, done) == (0, 1)
     assert [u for u, _ in b.claim(10, 0, 60_000).users] == ["x"]
     # a write fenced by an older claim never overwrites a newer one
     assert b.write_embeddings(got.fence, [("z", b"new", "m", "h2", 2)]) == 0

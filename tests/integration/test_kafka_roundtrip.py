@@ -1,12 +1,15 @@
 """segstream.kafka_client on the real broker, for each backend (kafka-python, confluent):
 1,000 keyed events come back exactly once, each from its key's partition (the Java
 client's murmur2 partitioner for both), with their headers and timestamps; commits,
-committed offsets, end offsets, assign + seek, delivery results and admin create/describe."""
+committed offsets, end offsets, assign + seek, delivery results and admin create/describe.
+Then the ingest tests (exact features, dead letters) and the 2 + 2 scale-out test run
+unchanged on each backend."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from kafka.partitioner.default import murmur2
@@ -22,6 +25,8 @@ from segstream.kafka_client import (
     kafka_clients,
 )
 from tests.helpers import wait_until
+from tests.integration import test_ingest as ingest_tests
+from tests.integration import test_scale_out as scale_tests
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 6
@@ -151,3 +156,36 @@ def test_a_record_over_the_size_limit_fails_with_a_client_error(
         producer.send(topic, value=b"fits").get(timeout=10)  # the producer still works
     finally:
         producer.close(timeout=5)
+
+
+# ---- the services' integration tests, run on each backend ------------------------------
+
+def on_backend(infra: Settings, backend: str) -> Settings:
+    return infra.model_copy(update={"kafka": infra.kafka.model_copy(update={"client": backend})})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ingest_exactness_on_each_backend(infra: Settings, unique: str, backend: str) -> None:
+    ingest_tests.test_generated_stream_gives_exact_features(on_backend(infra, backend), unique)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ingest_dead_letters_on_each_backend(infra: Settings, unique: str,
+                                             backend: str) -> None:
+    ingest_tests.test_every_malformed_kind_is_dead_lettered_with_its_provenance(
+        on_backend(infra, backend), unique)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_plus_two_scale_out_on_each_backend(infra: Settings, unique: str, backend: str,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ``segstream run`` subprocesses read the backend from the environment
+    monkeypatch.setenv("SEGSTREAM_KAFKA__CLIENT", backend)
+    fleets: list[scale_tests.Fleet] = []
+    try:
+        scale_tests.test_two_plus_two_with_sigkill_equals_one_plus_one(
+            on_backend(infra, backend), unique, tmp_path, fleets)
+    finally:
+        for fleet in fleets:
+            fleet.kill_all()

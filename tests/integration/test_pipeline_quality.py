@@ -77,7 +77,7 @@ def test_segments_recover_the_personas(infra: Settings, unique: str, kafka: Kafk
                threading.Thread(target=segmenter.run, daemon=True)]
     for t in threads:
         t.start()
-    ingest = IngestService(settings, kafka=kafka)
+    ingest = IngestService(settings)
     producer = kafka.producer(linger_ms=20)
     try:
         size = -(-len(records) // CHUNKS)

@@ -25,6 +25,7 @@ import redis
 from sklearn.metrics import adjusted_rand_score
 
 from segstream.config import Settings
+from segstream.errors import InfraError
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.keys import Keys
 from segstream.records import load_schema
@@ -224,17 +225,36 @@ def test_redelivered_batch_is_applied_once(settings: Settings, redis_conn: redis
     svc.close()
     model, _, _ = store.read_state(redis_conn, Keys(settings.redis.key_prefix))
     assert model is not None and model.version == version + 1
-    feed.user("gone", 0)  # delivered, then trimmed away before it was handled
-    redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: ">"})
-    redis_conn.xtrim(stream, maxlen=0)
-    pending = redis_conn.xreadgroup(settings.segmenter.group, "replay", {stream: "0"})[0][1]
-    assert pending and pending[0][1] in (None, {})
-    fresh.handle(pending)
-    fresh.close()
-    assert fresh.metrics.entries.labels("invalid")._value.get() == 1
-    assert redis_conn.xpending(stream, settings.segmenter.group)["pending"] == 0
     assert fresh.metrics.entries.labels("applied-before")._value.get() == 12
     assert sum(model.segments[s].size for s in model.slot_ids) == 24
+
+
+def test_trim_keeps_every_entry_the_group_has_not_acknowledged(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
+    settings.segmenter.cold_start_factor = 2
+    feed = Feeder(redis_conn, settings)
+    svc = SegmenterService(settings, kafka=kafka, consumer="trim")
+    svc.ensure_group()
+    stream = Keys(settings.redis.key_prefix).embedded()
+    group = settings.segmenter.group
+    for i in range(12):
+        feed.user(f"u{i}", i % 3)
+    done = redis_conn.xreadgroup(group, "trim", {stream: ">"})[0][1]
+    feed.user("late", 0)  # delivered while the segmenter was down: pending, not handled
+    pending = redis_conn.xreadgroup(group, "trim", {stream: ">"})[0][1]
+    feed.user("unread", 1)  # not delivered yet
+    assert svc.trim() == 0  # nothing acknowledged yet
+    svc.handle(done)  # handled and acknowledged, then trimmed
+    assert svc.metrics.trimmed._value.get() == 12
+    assert svc.trim() == 0  # only the acknowledged entries went
+    left = [eid for eid, _ in redis_conn.xrange(stream)]
+    assert left == [pending[0][0], redis_conn.xrevrange(stream, count=1)[0][0]]
+    again = redis_conn.xreadgroup(group, "trim", {stream: "0"})[0][1]
+    assert again == pending and again[0][1][b"user_id"] == b"late"  # intact, handled next
+    svc.handle(again)
+    assert svc.metrics.entries.labels("processed")._value.get() == 13
+    assert svc.metrics.entries.labels("invalid")._value.get() == 0
+    svc.close()
 
 
 @pytest.fixture
@@ -308,3 +328,80 @@ def test_two_consumers_share_the_stream_and_one_model(
     assert all(n > 0 for n in done) and sum(done) == 150  # split between them, none twice
     model, _, _ = store.read_state(redis_conn, Keys(settings.redis.key_prefix))
     assert model is not None and sum(model.segments[s].size for s in model.slot_ids) == 150
+
+
+def test_a_writer_that_lost_its_lock_publishes_nothing_and_its_successor_publishes_all(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
+    settings.segmenter.cold_start_factor = 2
+    keys = Keys(settings.redis.key_prefix)
+    feed = Feeder(redis_conn, settings)
+    seg_topic = Topic(kafka, settings.topics.segments)
+    for i in range(12):
+        feed.user(f"u{i}", i % 3)
+    svc = SegmenterService(settings, kafka=kafka, consumer="slow")
+    svc.ensure_group()
+    raw = redis_conn.xreadgroup(settings.segmenter.group, "slow", {keys.embedded(): ">"})[0][1]
+    load = svc._refresh_model
+
+    def lease_expires_and_another_writer_takes_it() -> None:
+        load()
+        redis_conn.set(keys.seg_lock(), b"another-writer", px=5_000)
+
+    svc._refresh_model = lease_expires_and_another_writer_takes_it  # type: ignore[method-assign]
+    with pytest.raises(InfraError, match="lost the segmenter model lock"):
+        svc.handle(raw)
+    svc.close()
+    assert seg_topic.poll() == []  # no change went out that the segmenter did not store
+    assert not any(redis_conn.exists(keys.seg(f"u{i}")) for i in range(12))
+    redis_conn.delete(keys.seg_lock())
+
+    successor, thread = start(settings, kafka, "slow")  # same consumer: re-reads its pending
+    try:
+        records = seg_topic.wait_for(12, "the replayed batch's records")
+        wait_until(lambda: drained(redis_conn, settings), 30, what="stream drained")
+    finally:
+        stop(successor, thread)
+    assert sorted(r["user_id"] for r in records) == sorted(f"u{i}" for i in range(12))
+    for r in records:
+        assert redis_conn.hget(keys.seg(r["user_id"]), "segment_id") == r["segment_id"].encode()
+    assert redis_conn.hget(keys.seg_state(), store.OUTBOX) is None
+
+
+def test_a_batch_stored_but_not_published_is_published_before_anything_newer(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
+    settings.segmenter.cold_start_factor = 2
+    keys = Keys(settings.redis.key_prefix)
+    feed = Feeder(redis_conn, settings)
+    seg_topic = Topic(kafka, settings.topics.segments)
+    for i in range(12):
+        feed.user(f"u{i}", i % 3)
+    svc = SegmenterService(settings, kafka=kafka, consumer="dies")
+    svc.ensure_group()
+    raw = redis_conn.xreadgroup(settings.segmenter.group, "dies", {keys.embedded(): ">"})[0][1]
+
+    def broker_gone(topic: str, records: list[Any]) -> None:
+        if records:
+            raise InfraError("Kafka did not acknowledge")
+
+    svc.writer.publish = broker_gone  # the process dies between store (3) and publish (4)
+    with pytest.raises(InfraError):
+        svc.handle(raw)
+    svc.close()
+    assert redis_conn.hget(keys.seg_state(), store.OUTBOX) is not None  # stored, pending
+    stored = {f"u{i}": redis_conn.hget(keys.seg(f"u{i}"), "segment_id") for i in range(12)}
+    assert all(stored.values()) and seg_topic.poll() == []
+
+    feed.user("u0", 1)  # a newer change for u0 arrives before the restart
+    successor, thread = start(settings, kafka, "dies")
+    try:
+        wait_until(lambda: drained(redis_conn, settings), 60, what="stream drained")
+        records = seg_topic.wait_for(13, "the stored batch's records, then u0's move")
+    finally:
+        stop(successor, thread)
+    assert {r["user_id"] for r in records[:12]} == set(stored)  # the stored batch first
+    assert records[12]["user_id"] == "u0" and records[12]["previous_segment_id"] == \
+        stored["u0"].decode()
+    last = {r["user_id"]: r["segment_id"] for r in records}
+    for uid, sid in last.items():
+        assert redis_conn.hget(keys.seg(uid), "segment_id") == sid.encode()
+    assert redis_conn.hget(keys.seg_state(), store.OUTBOX) is None

@@ -16,11 +16,11 @@ Then — only if ``batch`` users are eligible or the oldest eligible mark is
 ``max_wait_ms`` old — it moves up to ``batch`` of them, oldest first, into ``claims``
 under a fresh token ``<worker>:<fence>``.
 
-``complete`` appends the stream entries and releases the claims in one step, only for
-claims the token still holds: a worker whose lease expired (and whose users another
-worker re-claimed) completes nothing, so every dirty mark yields exactly one entry.
-The fence also guards the per-user embedding write (``EMB_WRITE``): a write from an older
-claim never overwrites one from a newer claim.
+``complete`` appends the stream entries (never trimming: see ``ClaimQueue.complete``) and
+releases the claims in one step, only for claims the token still holds: a worker whose
+lease expired (and whose users another worker re-claimed) completes nothing, so every
+dirty mark yields exactly one entry. The fence also guards the per-user embedding write
+(``EMB_WRITE``): a write from an older claim never overwrites one from a newer claim.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ return out
 
 COMPLETE = """
 local token = ARGV[1] .. '|'
-local maxlen, width, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local width, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local done, lost = 0, 0
 local function held(uid)
   local meta = redis.call('HGET', KEYS[2], uid)
@@ -90,11 +90,11 @@ local function release(uid)
   redis.call('HDEL', KEYS[2], uid)
   done = done + 1
 end
-local i = 5
+local i = 4
 for _ = 1, n do
   local uid = ARGV[i + 1]
   if held(uid) then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i, i + width - 1))
+    redis.call('XADD', KEYS[3], '*', unpack(ARGV, i, i + width - 1))
     release(uid)
   end
   i = i + width
@@ -155,20 +155,28 @@ class ClaimQueue:
                       [fence, vec, version, thash, encoded_ms])
         return sum(1 for ok in calls.execute() if not ok)
 
-    def complete(self, token: str, entries: list[EmbeddedEntry], maxlen: int,
+    def complete(self, token: str, entries: list[EmbeddedEntry],
                  release: list[str] | None = None) -> tuple[int, int]:
         """For the claims ``token`` still holds: append each entry to the stream and release
-        its user, and release the ``release`` users without an entry → (done, lost)."""
+        its user, and release the ``release`` users without an entry → (done, lost).
+
+        The stream is never trimmed here: the segmenter trims what its group acknowledged,
+        and the worker stops claiming while the stream is over ``encoder.stream_maxlen``
+        (``stream_full``), so a slow or stopped segmenter loses nothing."""
         release = release or []
         if not entries and not release:
             return 0, 0
-        args: list[str | int] = [token, maxlen, 2 * len(FIELDS), len(entries)]
+        args: list[str | int] = [token, 2 * len(FIELDS), len(entries)]
         for entry in entries:
             args += entry.xadd_args()
         args += release
         keys = [self.keys.claims(), self.keys.claim_meta(), self.keys.embedded()]
         ok, lost = self._complete(keys=keys, args=args)
         return int(ok), int(lost)
+
+    def stream_length(self) -> int:
+        """Entries in the ``embedded`` stream (acknowledged ones included until trimmed)."""
+        return int(self.client.xlen(self.keys.embedded()))
 
     def depth(self) -> tuple[int, int, float]:
         """(dirty users, claimed users, age in seconds of the oldest dirty mark)."""

@@ -43,6 +43,18 @@ class EncoderMetrics:
             ("queue",))
         self.oldest_dirty_age = m.gauge(
             "encoder_oldest_dirty_age_seconds", "Age of the oldest unclaimed dirty mark.")
+        self.stream_entries = m.gauge(
+            "encoder_stream_entries", "Entries in the encoder->segmenter stream (the "
+            "segmenter trims those its group acknowledged).")
+        self.backpressure = m.gauge(
+            "encoder_backpressure", "1 while the stream holds encoder.stream_maxlen "
+            "entries or more and the worker stops claiming (the segmenter is behind).")
+        self.redis_errors = m.counter(
+            "encoder_redis_errors_total", "Batches that failed on a Redis error (unreachable, "
+            "OOM, READONLY) and were retried after a backoff.")
+        self.model_load_failures = m.counter(
+            "encoder_model_load_failures_total", "Rollout/rollback models this worker could "
+            "not load (it keeps serving the current one).")
         self.device = m.gauge(
             "encoder_device_info", "1 for the device, dtype and model version in use.",
             ("device", "dtype", "model_version"))

@@ -7,6 +7,13 @@ vector once its text recurs, see ``cache``), run the model on the misses only, w
 user's embedding (fenced), then complete the claims — which appends one ``embedded``
 stream entry per user for the segmenter. Any number of workers
 can run side by side; a killed worker's claims return to the queue when their lease ends.
+
+Commit order (the crash points of ``segstream.crashpoints``): 1. claim (a Lua call:
+users move from ``dirty`` to ``claims``); 2. write the embeddings (fenced); 3. complete
+(one Lua call: stream entries appended, claims released). A crash before 3 leaves the
+claims to expire back into ``dirty`` (the user is encoded again, the fenced write is
+idempotent); 3 is atomic, so each dirty mark yields exactly one stream entry. While the
+stream is over ``stream_maxlen`` the worker claims nothing (back-pressure, never a trim).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+from segstream import crashpoints
 from segstream.config import Settings
 from segstream.encoding import Encoder, text_hash, vec_to_bytes
 from segstream.errors import InfraError
@@ -71,6 +79,8 @@ class EncoderWorker:
                                 self.encoder.model_version)
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
+        self._stream_at = 0.0
+        self._full = False
         self.stop_event = threading.Event()
         from segstream_services.rollout.registry import ModelWatcher
 
@@ -92,6 +102,9 @@ class EncoderWorker:
         """Try one claim; process it if it got users. Returns the report, or the empty
         claim (with its wait hint) when no trigger fired."""
         self.watcher.check(self)
+        if self.stream_full():
+            return Claim(0, "", wait_ms=self.cfg.idle_poll_ms)
+        crashpoints.reached("encoder", 1)
         claim = self.queue.claim(self.cfg.claim_batch, self.cfg.max_wait_ms,
                                  int(self.cfg.lease_s * 1000))
         if claim.reclaimed:
@@ -134,6 +147,7 @@ class EncoderWorker:
         encoded_ms = _now_ms()
         rows = [(uid, vec_to_bytes(vectors[h]), version, h, encoded_ms)
                 for uid, h in hashes.items()]
+        crashpoints.reached("encoder", 2)
         stale = self.queue.write_embeddings(claim.fence, rows) if rows else 0
         if stale:
             self.metrics.stale_writes.inc(stale)
@@ -142,7 +156,8 @@ class EncoderWorker:
                  for uid, h in hashes.items()]
         report.outcomes["cache"] += len(hashes) - report.texts_encoded
         report.outcomes["encoded"] += report.texts_encoded
-        _, lost = self.queue.complete(claim.token, done, self.cfg.stream_maxlen, no_text)
+        crashpoints.reached("encoder", 3)
+        _, lost = self.queue.complete(claim.token, done, no_text)
         if lost:
             report.outcomes["lost_claim"] += lost
             log.warning("%d claims expired before completion (lease_s=%.0f too short?)",
@@ -178,6 +193,23 @@ class EncoderWorker:
         self.totals.update(report.outcomes)
         self.totals["batches"] += 1
         self.totals["texts_encoded"] += report.texts_encoded
+
+    def stream_full(self, every_s: float = 1.0) -> bool:
+        """Back-pressure: True while the ``embedded`` stream holds ``stream_maxlen`` entries
+        or more (looked up at most once per ``every_s``); the worker then claims nothing
+        and users wait, coalesced, in the dirty queue until the segmenter catches up."""
+        if time.monotonic() - self._stream_at >= every_s:
+            self._stream_at = time.monotonic()
+            n = self.queue.stream_length()
+            self.metrics.stream_entries.set(n)
+            full = n >= self.cfg.stream_maxlen
+            if full and not self._full:
+                log.warning("the embedded stream holds %d entries (encoder.stream_maxlen=%d): "
+                            "not claiming until the segmenter catches up", n,
+                            self.cfg.stream_maxlen)
+            self._full = full
+            self.metrics.backpressure.set(int(full))
+        return self._full
 
     def update_depth(self, every_s: float = 1.0) -> None:
         """Refresh the queue-depth gauges (at most once per ``every_s``)."""

@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from kafka import TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from segstream.config import Settings
 from segstream.errors import InfraError, InvalidEvent
@@ -35,7 +32,7 @@ from segstream.events import Event, parse_event
 from segstream.feature_store import FeatureStore, InFlight, PendingEvent, UserResult
 from segstream.feature_text import render
 from segstream.features import Rfm, increments, summarize, zone
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClientError, KafkaClients, TopicPartition, kafka_clients
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.metrics import IngestMetrics
 
@@ -109,7 +106,7 @@ class IngestService:
         self.settings = settings
         self.cfg = settings.ingest
         zone(self.cfg.timezone)  # fail fast on a bad zone name
-        self.kafka = kafka or KafkaClients(settings.kafka)
+        self.kafka = kafka or kafka_clients(settings.kafka)
         self.redis = client or redis_client(settings.redis)
         self.metrics = metrics or IngestMetrics()
         self.store = FeatureStore(self.redis, settings)
@@ -233,10 +230,9 @@ class IngestService:
         result.users = len(results)
         result.marked = self.store.store_texts(updates, rfm)                  # step 3
         m.dirty_marks.inc(result.marked)
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        offsets: dict[TopicPartition, int] = {}  # the next offset to read
         for record in prepared.records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
         commit(offsets)                                                       # step 4
         return result
 
@@ -245,7 +241,7 @@ class IngestService:
     def _commit(self, offsets: dict) -> None:
         try:
             self._consumer.commit(offsets)
-        except KafkaError as exc:  # e.g. rebalanced meanwhile: the new owner redelivers
+        except KafkaClientError as exc:  # e.g. rebalanced meanwhile: the new owner redelivers
             log.warning("offset commit failed (%s: %s); the batch will be redelivered and "
                         "skipped by its offset watermarks", type(exc).__name__, exc)
 
@@ -257,10 +253,9 @@ class IngestService:
         consumer = self._consumer
         self.metrics.lag.clear()  # partitions revoked in a rebalance drop out
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                self.metrics.lag.labels(partition=str(tp.partition)).set(
-                    max(0, high - consumer.position(tp)))
+            high, pos = consumer.highwater(tp), consumer.position(tp)
+            if high is not None and pos is not None:  # None: not fetched from yet
+                self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, high - pos))
         self.metrics.dirty_users.set(self.store.dirty_count())
 
     def stop(self) -> None:
@@ -285,14 +280,14 @@ class IngestService:
         check_redis(self.redis)
         try:
             self._consumer = self._connect_kafka()
-        except KafkaError as exc:
+        except KafkaClientError as exc:
             raise InfraError(f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: "
                              f"{exc}") from None
         self._consumer.subscribe([self.settings.topics.events])
         try:
             self._producer = self.kafka.producer()
-        except KafkaError as exc:
-            self._consumer.close(autocommit=False)
+        except KafkaClientError as exc:
+            self._consumer.close()
             raise InfraError(f"cannot reach Kafka: {exc}") from None
         stats = RunStats()
         idle_since = time.monotonic()
@@ -300,9 +295,8 @@ class IngestService:
         log.info("ingest consuming %s as group %s", self.settings.topics.events, cfg.group_id)
         try:
             while not self.stop_event.is_set():
-                polled = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms,
-                                             max_records=cfg.max_poll_records)
-                records = [r for batch in polled.values() for r in batch]
+                records = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms,
+                                              max_records=cfg.max_poll_records)
                 prepared = None
                 if records:
                     if stats.first_at is None:
@@ -324,7 +318,7 @@ class IngestService:
                     break
             self._complete(stats)
         finally:
-            self._consumer.close(autocommit=False)
+            self._consumer.close()
             self._producer.close(timeout=10)
         log.info("ingest stopped after %d records in %d batches", stats.records, stats.batches)
         return stats
@@ -338,7 +332,7 @@ class IngestService:
     def _prepare_or_none(self, records: Sequence[Any]) -> Prepared | None:
         try:
             return self.prepare(records)
-        except (redis.RedisError, KafkaError) as exc:
+        except (redis.RedisError, KafkaClientError) as exc:
             log.warning("preparing a batch failed (%s); handling it synchronously", exc)
             return None
 
@@ -361,7 +355,7 @@ class IngestService:
         try:
             results = self.store.collect(inflight) if inflight is not None else {}
             result = self.finish(prepared, results, self._commit)
-        except (redis.RedisError, KafkaError) as exc:
+        except (redis.RedisError, KafkaClientError) as exc:
             log.warning("finishing a batch failed (%s); retrying synchronously", exc)
             self._sync(prepared.records, stats)
             return
@@ -387,7 +381,7 @@ class IngestService:
         while True:
             try:
                 return self.handle_batch(records, self._commit)
-            except (redis.RedisError, KafkaError) as exc:
+            except (redis.RedisError, KafkaClientError) as exc:
                 log.error("batch failed (%s: %s); retrying in %.1fs", type(exc).__name__,
                           exc, delay)
                 if self.stop_event.wait(delay):

@@ -47,6 +47,11 @@ class SegmenterMetrics:
         self.freshness = m.histogram(
             "freshness_seconds", "Event time of the user's newest event to its change "
             "record acknowledged by Kafka", FRESHNESS_BUCKETS)
+        self.trimmed = m.counter("segmenter_stream_trimmed_total",
+                                 "Acknowledged stream entries trimmed from the stream")
+        self.group_recreated = m.counter(
+            "segmenter_group_recreated_total",
+            "Times the stream's consumer group was gone (NOGROUP) and re-created")
         self._sized: set[str] = set()
 
     def sizes(self, sizes: dict[str, int]) -> None:

@@ -3,12 +3,14 @@
 One batch: read entries of the ``embedded`` stream (``stream_entry.EmbeddedEntry``) with a
 consumer group, keep the newest entry per user, load the users' vectors, update the model
 and assign (``OnlineSegmenter``), then write through ``store.SegmentStateWriter.commit``
-(publish change records and wait for Kafka's acks; write the users' segment hashes and the
-model state to Redis; publish catalog entries that changed) and only then XACK the
-entries. A crash anywhere replays the batch:
-entries whose ids the stored state already lists as applied are only acked, so the
-model never learns a batch twice, and a user whose stored segment already matches emits
-nothing new (at-least-once output, idempotent state).
+(steps 1-5: publish a leftover outbox; store the users' segment hashes, the model state
+and this batch's outbox of records in one MULTI/EXEC; publish the outbox and wait for
+Kafka's acks; clear it) and only then (step 6) XACK the entries. A crash anywhere replays
+the batch: entries whose ids the stored state already lists as applied are only acked
+(after the outbox they left is published), so the model never learns a batch twice, and
+a user whose stored segment already matches emits nothing new (at-least-once output,
+idempotent state). Acknowledged entries are trimmed from the stream by the segmenter
+(``trim``: never past the oldest entry a group has not acknowledged).
 
 Model updates are serialised across consumers by a Redis lease lock; every consumer
 reloads the model when the stored revision moved, so more consumers in the group share
@@ -31,6 +33,7 @@ import numpy as np
 import redis
 from kafka.errors import KafkaError
 
+from segstream import crashpoints
 from segstream.config import Settings
 from segstream.errors import InfraError
 from segstream.features import Rfm
@@ -52,8 +55,16 @@ _PREV_TEXT, _NEW_TEXT = "_prev_text", "_new_text"
 _TRANSIENT = frozenset({"event_ms", _PREV_TEXT, _NEW_TEXT, "text", "label"})
 
 
+TRIM_EVERY_S = 1.0
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)
 
 
 class SegmenterService:
@@ -84,6 +95,7 @@ class SegmenterService:
         self._catalog_sig: dict[str, str] = {}
         self._catalog_at = 0.0
         self._claim_at = 0.0
+        self._trim_at = 0.0
         self._pending = True  # first read our own unacked entries (a restart after a crash)
         self._producer: Any = None
 
@@ -103,6 +115,9 @@ class SegmenterService:
                     elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                 except (redis.RedisError, KafkaError, InfraError, OSError) as exc:
+                    if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
+                        self._group_lost()
+                        continue
                     log.warning("batch failed, will retry: %s", exc)
                     self._reset()
                     self.stop_event.wait(1.0)
@@ -125,10 +140,20 @@ class SegmenterService:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _group_lost(self) -> None:
+        """The stream or its group vanished (Redis lost its data, or an operator deleted
+        them): say so, re-create the group from the start of the stream and go on."""
+        log.error("consumer group %s of %s is gone (Redis lost its data?): re-creating it",
+                  self.s.group, self.stream)
+        self.metrics.group_recreated.inc()
+        self.ensure_group()
+        self._reset()
+
     def _reset(self) -> None:
         """After a failed batch: forget in-memory changes, re-read our pending entries."""
         self.rev = -1
         self._pending = True
+        self._catalog_sig.clear()  # entries picked for a batch that was never stored
 
     @property
     def producer(self) -> Any:
@@ -164,6 +189,7 @@ class SegmenterService:
         """Handle stream entries end to end (see the module docstring for the order)."""
         ids = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in raw]
         with self.writer.lock(self.s.lock_ttl_s) as lock:
+            self.writer.recover()  # a batch stored but not yet published (crash, lost lock)
             self._refresh_model()
             latest: dict[str, EmbeddedEntry] = {}
             for eid, (_, fields) in zip(ids, raw, strict=True):
@@ -179,7 +205,27 @@ class SegmenterService:
                     latest[entry.user_id] = entry
             if latest:
                 self._apply(latest, lock)
+            crashpoints.reached("segmenter", 6)
             self.redis.xack(self.stream, self.s.group, *ids)
+        if time.monotonic() - self._trim_at >= TRIM_EVERY_S:
+            self._trim_at = time.monotonic()
+            self.metrics.trimmed.inc(self.trim())
+
+    def trim(self) -> int:
+        """Remove the stream entries every consumer group has acknowledged: ``XTRIM
+        MINID`` to the oldest entry a group still has pending, or else to the last entry
+        it was delivered (newer ones are unread). Returns the number of entries removed."""
+        floor: tuple[int, int] | None = None
+        for group in self.redis.xinfo_groups(self.stream):
+            first = group["last-delivered-id"]
+            if group["pending"]:
+                first = self.redis.xpending(self.stream, group["name"])["min"] or first
+            at = _stream_id(first)
+            floor = at if floor is None else min(floor, at)
+        if floor is None or floor == (0, 0):
+            return 0
+        return int(self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}",
+                                   approximate=False))
 
     def _apply(self, latest: dict[str, EmbeddedEntry], lock: Any) -> None:
         users = list(latest)

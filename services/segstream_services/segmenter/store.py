@@ -6,7 +6,9 @@ tag, the per-user ones the user's tag):
 - ``seg_state()``   hash: ``model`` (zlib-compressed JSON of ``OnlineSegmenter.to_dict``),
                     ``rev`` (+1 per write: other consumers reload when it moved),
                     ``version`` (centroids version), ``applied`` (JSON list of the most
-                    recent stream entry ids whose effect is in ``model``)
+                    recent stream entry ids whose effect is in ``model``), ``outbox``
+                    and ``outbox_id`` (the records of the last stored batch until they
+                    are published: see ``SegmentStateWriter.commit``)
 - ``seg_catalog()`` hash: segment or family id -> current catalog entry (JSON)
 - ``seg_lock()``    string: the lease that serialises writers (consumers and rollout)
 - ``seg(uid)``      hash: segment_id, confidence, memberships, tier_path, text_hash,
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 
+from segstream import crashpoints
 from segstream.config import Settings
 from segstream.errors import DataError, InfraError
 from segstream.features import Rfm
@@ -38,6 +42,15 @@ from segstream.segmentation.engagement import EngagementThresholds, engagement_t
 from segstream_services.segmenter import audience
 
 APPLIED_KEEP = 4096
+OUTBOX, OUTBOX_ID = "outbox", "outbox_id"
+LOST_LOCK = "lost the segmenter model lock mid-batch; batch will be replayed"
+# delete the outbox only when it is still the one this writer stored (ARGV[1])
+_CLEAR_OUTBOX = """
+if redis.call('HGET', KEYS[1], 'outbox_id') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], 'outbox', 'outbox_id')
+end
+return 0
+"""
 Records = list[tuple[str, dict[str, Any]]]
 Publish = Callable[[str, Records], None]  # send to a topic and wait for every ack
 
@@ -124,6 +137,28 @@ class SegmentStateWriter:
             with contextlib.suppress(redis.exceptions.LockError):
                 lock.release()
 
+    def recover(self) -> int:
+        """Publish the outbox a writer left behind (it stored a batch, then died or lost
+        its lock before publishing it) and clear it; call under ``lock``. Returns the
+        number of records published."""
+        raw = self.client.hmget(self.keys.seg_state(), [OUTBOX, OUTBOX_ID])
+        if raw[0] is None:
+            return 0
+        box = json.loads(zlib.decompress(raw[0]))
+        self._publish_box(box)
+        self._clear(raw[1] or b"")
+        return sum(len(box[k]) for k in ("changes", "catalog"))
+
+    def _publish_box(self, box: dict[str, Any]) -> None:
+        changes = [(k, v) for k, v in box["changes"]]
+        self.publish(self.segments_topic, changes)
+        if self.assignments_topic:
+            self.publish(self.assignments_topic, changes)  # the latest per user: current
+        self.publish(self.catalog_topic, [(k, v) for k, v in box["catalog"]])
+
+    def _clear(self, box_id: bytes | str) -> None:
+        self.client.eval(_CLEAR_OUTBOX, 1, self.keys.seg_state(), box_id)
+
     def commit(self, model: OnlineSegmenter, now_ms: int, *, changes: Records,
                users: dict[str, dict[str, Any]], texts: dict[str, str], applied: list[str],
                lock: Any = None,
@@ -131,46 +166,68 @@ class SegmentStateWriter:
                extra: Callable[[Any], None] | None = None) -> int:
         """Write one batch's effect, in this order; returns the new state revision.
 
-        1. Publish ``changes`` (user id, ``records.change_record``) to the segments topic,
-           and the same records to the compacted assignments topic, and wait for every
-           ack; a failure raises and nothing below happens.
-        2. Check that ``lock`` (when given) is still held; raise ``InfraError`` if not.
-        3. In one MULTI/EXEC: each user's ``seg(uid)`` fields (``users``; HSET merges
+        1. Publish the outbox an earlier writer may have left (``recover``), so records
+           leave in the order their states were stored.
+        2. ``WATCH`` the lock key and check that it still holds ``lock``'s token (when
+           given); raise ``InfraError`` if not.
+        3. In one MULTI/EXEC (aborted, with ``InfraError``, if the lock key changed since
+           2 — expired or taken): each user's ``seg(uid)`` fields (``users``; HSET merges
            into what is stored) with its move between member sets (``audience``),
-           ``seg_text(uid)`` for ``texts``, the caller's ``extra``
-           commands (rollout: vector rotation), every catalog entry of ``model``, the
-           model state with ``applied``, and ``rev`` + 1.
-        4. Publish the catalog entries ``select_catalog`` picks from this batch's entries
-           (default: all) and wait for the acks.
+           ``seg_text(uid)`` for ``texts``, the caller's ``extra`` commands (rollout:
+           vector rotation), every catalog entry of ``model``, the model state with
+           ``applied``, ``rev`` + 1, and the **outbox**: this batch's change records and
+           the catalog entries ``select_catalog`` picks (default: all), with a fresh id.
+        4. Publish the outbox: the change records to the segments topic and the compacted
+           assignments topic, then the catalog entries; wait for every ack.
+        5. Clear the outbox (only if it still holds this batch's id).
 
-        A crash before 3 leaves Redis as it was: the caller replays and may publish the
-        same change records again (at-least-once); a crash after 3 and before 4 leaves
-        the catalog topic behind until the next publication of those entries.
+        A crash before 3 leaves Redis and Kafka as they were: the caller replays the batch.
+        A crash after 3 (or a failed publish in 4) leaves the state and its outbox stored:
+        the next writer — any segmenter consumer on its next batch, or rollout — publishes
+        the outbox in step 1 (or ``recover``) before anything newer, so subscribers never
+        hold a change the segmenter did not store, and get every stored change at least
+        once, in order (records are keyed by user id and carry the full assignment, so a
+        repeat is idempotent). A crash after 4 and before 5 publishes the batch twice.
         """
-        self.publish(self.segments_topic, changes)                              # 1
-        if self.assignments_topic:
-            self.publish(self.assignments_topic, changes)  # the latest per user: current
-        if lock is not None and not lock.owned():                               # 2
-            raise InfraError("lost the segmenter model lock mid-batch; batch will be replayed")
+        crashpoints.reached("segmenter", 1)
+        self.recover()                                                          # 1
+        crashpoints.reached("segmenter", 2)
         entries = catalog_entries(model, now_ms)
         old = audience.stored_segments(self.client, self.keys, users)
-        pipe = self.client.pipeline(transaction=True)                           # 3
-        for uid, fields in users.items():
-            pipe.hset(self.keys.seg(uid), mapping=hash_fields(fields))
-            audience.stage_move(pipe, self.keys, uid, old[uid],
-                                fields.get("segment_id") or old[uid])
-        for uid, text in texts.items():
-            pipe.set(self.keys.seg_text(uid), text)
-        if extra is not None:
-            extra(pipe)
-        if entries:
-            pipe.hset(self.keys.seg_catalog(),
-                      mapping={k: json.dumps(v) for k, v in entries.items()})
-        pipe.hset(self.keys.seg_state(), mapping={
-            "model": encode_model(model), "version": model.version,
-            "applied": json.dumps(applied)})
-        pipe.hincrby(self.keys.seg_state(), "rev", 1)
-        rev = int(pipe.execute()[-1])
         out = select_catalog(entries) if select_catalog else list(entries.items())
-        self.publish(self.catalog_topic, out)                                   # 4
+        box_id = uuid.uuid4().hex
+        box = zlib.compress(json.dumps({"changes": changes, "catalog": out},
+                                       separators=(",", ":")).encode(), 3)
+        pipe = self.client.pipeline(transaction=True)
+        try:
+            if lock is not None:                                                # 2
+                pipe.watch(lock.name)
+                if pipe.get(lock.name) != lock.local.token:
+                    raise InfraError(LOST_LOCK)
+            pipe.multi()                                                        # 3
+            for uid, fields in users.items():
+                pipe.hset(self.keys.seg(uid), mapping=hash_fields(fields))
+                audience.stage_move(pipe, self.keys, uid, old[uid],
+                                    fields.get("segment_id") or old[uid])
+            for uid, text in texts.items():
+                pipe.set(self.keys.seg_text(uid), text)
+            if extra is not None:
+                extra(pipe)
+            if entries:
+                pipe.hset(self.keys.seg_catalog(),
+                          mapping={k: json.dumps(v) for k, v in entries.items()})
+            pipe.hset(self.keys.seg_state(), mapping={
+                "model": encode_model(model), "version": model.version,
+                "applied": json.dumps(applied), OUTBOX: box, OUTBOX_ID: box_id})
+            pipe.hincrby(self.keys.seg_state(), "rev", 1)
+            crashpoints.reached("segmenter", 3)
+            rev = int(pipe.execute()[-1])
+        except redis.WatchError:
+            raise InfraError(LOST_LOCK) from None
+        finally:
+            pipe.reset()
+        crashpoints.reached("segmenter", 4)
+        self._publish_box({"changes": changes, "catalog": out})                # 4
+        crashpoints.reached("segmenter", 5)
+        self._clear(box_id)                                                     # 5
         return rev
