@@ -99,6 +99,7 @@ class EncoderWorker:
         self.metrics.set_device(str(encoder.device), encoder.dtype_name, encoder.model_version)
 
     def step(self) -> BatchReport | Claim:
+        self._stream_len = 0
         """Try one claim; process it if it got users. Returns the report, or the empty
         claim (with its wait hint) when no trigger fired."""
         self.watcher.check(self)
@@ -157,7 +158,8 @@ class EncoderWorker:
         report.outcomes["cache"] += len(hashes) - report.texts_encoded
         report.outcomes["encoded"] += report.texts_encoded
         crashpoints.reached("encoder", 3)
-        _, lost = self.queue.complete(claim.token, done, no_text)
+        appended, lost = self.queue.complete(claim.token, done, no_text)
+        self._stream_len += appended  # counted until the next XLEN (see ``stream_full``)
         if lost:
             report.outcomes["lost_claim"] += lost
             log.warning("%d claims expired before completion (lease_s=%.0f too short?)",
@@ -196,20 +198,23 @@ class EncoderWorker:
 
     def stream_full(self, every_s: float = 1.0) -> bool:
         """Back-pressure: True while the ``embedded`` stream holds ``stream_maxlen`` entries
-        or more (looked up at most once per ``every_s``); the worker then claims nothing
-        and users wait, coalesced, in the dirty queue until the segmenter catches up."""
+        or more (XLEN at most once per ``every_s``, plus the entries this worker appended
+        since, so one worker overshoots by less than one batch); the worker then claims
+        nothing and users wait, coalesced, in the dirty queue until the segmenter catches
+        up."""
         if time.monotonic() - self._stream_at >= every_s:
             self._stream_at = time.monotonic()
-            n = self.queue.stream_length()
-            self.metrics.stream_entries.set(n)
-            full = n >= self.cfg.stream_maxlen
-            if full and not self._full:
-                log.warning("the embedded stream holds %d entries (encoder.stream_maxlen=%d): "
-                            "not claiming until the segmenter catches up", n,
-                            self.cfg.stream_maxlen)
-            self._full = full
-            self.metrics.backpressure.set(int(full))
-        return self._full
+            self._stream_len = self.queue.stream_length()
+        n = self._stream_len  # plus what this worker appended since
+        self.metrics.stream_entries.set(n)
+        full = n >= self.cfg.stream_maxlen
+        if full and not self._full:
+            log.warning("the embedded stream holds %d entries (encoder.stream_maxlen=%d): "
+                        "not claiming until the segmenter catches up", n,
+                        self.cfg.stream_maxlen)
+        self._full = full
+        self.metrics.backpressure.set(int(full))
+        return full
 
     def update_depth(self, every_s: float = 1.0) -> None:
         """Refresh the queue-depth gauges (at most once per ``every_s``)."""
