@@ -80,6 +80,7 @@ class EncoderWorker:
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
         self._stream_at = 0.0
+        self._stream_len = 0
         self._full = False
         self.stop_event = threading.Event()
         from segstream_services.rollout.registry import ModelWatcher
@@ -99,7 +100,6 @@ class EncoderWorker:
         self.metrics.set_device(str(encoder.device), encoder.dtype_name, encoder.model_version)
 
     def step(self) -> BatchReport | Claim:
-        self._stream_len = 0
         """Try one claim; process it if it got users. Returns the report, or the empty
         claim (with its wait hint) when no trigger fired."""
         self.watcher.check(self)
@@ -198,10 +198,8 @@ class EncoderWorker:
 
     def stream_full(self, every_s: float = 1.0) -> bool:
         """Back-pressure: True while the ``embedded`` stream holds ``stream_maxlen`` entries
-        or more (XLEN at most once per ``every_s``, plus the entries this worker appended
-        since, so one worker overshoots by less than one batch); the worker then claims
-        nothing and users wait, coalesced, in the dirty queue until the segmenter catches
-        up."""
+        or more (looked up at most once per ``every_s``); the worker then claims nothing
+        and users wait, coalesced, in the dirty queue until the segmenter catches up."""
         if time.monotonic() - self._stream_at >= every_s:
             self._stream_at = time.monotonic()
             self._stream_len = self.queue.stream_length()
