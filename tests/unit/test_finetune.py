@@ -1,13 +1,15 @@
-"""``segstream finetune``: window pairs, the loss, and tiny real fine-tunes (full and LoRA).
+"""``segstream finetune``: window and item pairs, the loss, and tiny real fine-tunes.
 
-The fine-tunes start from a tiny randomly initialised BERT (2 layers, hidden 32) with the
+Most fine-tunes start from a tiny randomly initialised BERT (2 layers, hidden 32) with the
 all-MiniLM-L6-v2 tokenizer, so a few steps take seconds on a busy CPU; the code path is
-the one a real model takes.
+the one a real model takes. The co-occurrence fine-tune uses the real all-MiniLM-L6-v2 on
+a small set with planted co-occurrence and checks that the held-out partners move closer.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +20,26 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from segstream.config import IngestSettings, load_settings
 from segstream.encoding import Encoder, default_model_path
+from segstream.errors import ConfigError
 from segstream.events import Event, event_from_dict
 from segstream.features import top_category
 from segstream.finetune import (
     FinetuneConfig,
     FinetuneResult,
+    ItemPair,
+    ItemPairs,
     Pair,
     Trainer,
     _negatives_mask,
+    catalog_for,
+    cooccurrence_check,
+    held_items,
     info_nce,
+    item_mask,
+    make_item_pairs,
     make_pairs,
     retrieval,
+    split_items,
     split_users,
     window_text,
 )
@@ -230,6 +241,168 @@ def test_cli_finetune_synthetic_and_bad_input(tiny_base: Path, tmp_path: Path,
               str(tiny_base), "--out", str(tmp_path), "--name", "tiny-ft", "--batch-size", "4",
               "--max-steps", "1"], "already exists"),
             (["finetune", "--synthetic", "--until", "yesterday"], "not an ISO date")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("segstream:")]
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, (argv, err)
+
+
+# ---------------------------------------------------------------------------- item pairs
+H = 3_600_000  # an hour in ms
+T0 = 1_700_000_000_000
+
+
+def _ev(user: str, n: int, ts: int, title: str | None, category: str | None = None,
+        item: str | None = None) -> Event:
+    return Event(f"{user}-{n}", user, ts, "purchase", item or title or f"i{n}", category, title)
+
+
+def _texts(pair: ItemPair) -> frozenset[str]:
+    return frozenset((pair.anchor, pair.positive))
+
+
+def test_item_pairs_basket_and_sequence_before_until() -> None:
+    until = T0 + 200 * H
+    events = [_ev("u1", 0, T0, "apple"), _ev("u1", 1, T0, "bread"), _ev("u1", 2, T0, "cheese"),
+              _ev("u1", 3, T0 + H, "dates"),          # next basket, an hour later
+              _ev("u1", 4, T0 + 80 * H, "eggs"),      # more than a day later: no sequence
+              _ev("u1", 5, T0 + 80 * H, "apple", item="apple-2"),  # same text, other id
+              _ev("u1", 6, until, "figs"), _ev("u1", 7, until + H, "grapes"),  # after --until
+              _ev("u1", 8, T0 + 90 * H, None),        # no title, no category: left out
+              _ev("u2", 0, T0, "apple", "fruit/fresh")]
+    built = make_item_pairs(events, until_ms=until, per_user=100, popularity_power=0.0)
+    pairs = {_texts(p): p for p in built.pairs}
+    assert set(pairs) == {frozenset(x) for x in (
+        ("apple", "bread"), ("apple", "cheese"), ("bread", "cheese"),  # one basket
+        ("cheese", "dates"),                  # the basket's last line, then the next basket
+        ("eggs", "apple"))}                   # basket of two ids, two texts
+    assert {pairs[frozenset(("cheese", "dates"))].kind, pairs[frozenset(("apple", "bread"))]
+            .kind} == {"sequence", "basket"}
+    seq = pairs[frozenset(("cheese", "dates"))]
+    assert (seq.anchor, seq.positive) == ("cheese", "dates")  # earlier -> later
+    assert not any(t in {"figs", "grapes"} for p in built.pairs for t in _texts(p))
+    assert built.stats["events_after_until"] == 2 and built.stats["events_without_text"] == 1
+    assert built.items["apple. fruit > fresh"].title_text == "apple"  # a new item's title
+    assert built.items["apple"].users == 1 and built.items["apple"].item_id == "apple"
+    only_seq = make_item_pairs(events, until_ms=until, kinds=("sequence",), per_user=100)
+    assert {_texts(p) for p in only_seq.pairs} == {frozenset(x) for x in (
+        ("apple", "bread"), ("bread", "cheese"), ("cheese", "dates"), ("eggs", "apple"))}
+    assert all(p.kind == "sequence" for p in only_seq.pairs)
+
+
+def test_item_pairs_cap_per_user_and_down_weight_popular_items() -> None:
+    big = [_ev("big", n, T0, f"item {n}") for n in range(10)]  # 45 candidate pairs
+    capped = make_item_pairs(big, per_user=5)
+    assert len(capped.pairs) == 5 and capped.stats["users_capped"] == 1
+    # Every user's basket: the popular "milk" plus two items of their own.
+    events = [e for u in range(200) for e in (
+        _ev(f"u{u}", 0, T0, "milk"), _ev(f"u{u}", 1, T0, f"own {u} a"),
+        _ev(f"u{u}", 2, T0, f"own {u} b"))]
+
+    def milk_share(power: float) -> float:
+        pairs = make_item_pairs(events, per_user=1, popularity_power=power, seed=3).pairs
+        assert len(pairs) == 200
+        return sum("milk" in _texts(p) for p in pairs) / len(pairs)
+
+    assert 0.55 < milk_share(0.0) < 0.78            # 2 of 3 candidates hold milk
+    assert milk_share(1.0) < 0.1                    # weight 1/200 vs 1: rarely drawn
+    with pytest.raises(ConfigError, match="pair kinds"):
+        make_item_pairs(events, kinds=("cart",))  # type: ignore[arg-type]
+
+
+def test_split_items_holds_whole_items_out() -> None:
+    events = [_ev(f"u{u}", n, T0 + n * H, f"t{(u * 7 + n) % 40}") for u in range(30)
+              for n in range(6)]
+    pairs = make_item_pairs(events, per_user=10).pairs
+    train, held = split_items(pairs, 0.2, seed=1)
+    assert len(train) + len(held) == len(pairs) and train and held
+    new = held_items(train, held)
+    assert new and all(p.anchor in new or p.positive in new for p in held)
+    assert not any(t in new for p in train for t in _texts(p))
+
+
+def test_item_mask_hides_shared_items() -> None:
+    mask = item_mask(["a", "a", "c", "d"], ["b", "x", "a", "e"], torch.device("cpu"))
+    assert bool(mask[0, 1]) and bool(mask[0, 2]) and bool(mask[2, 0])  # same anchor, a<->a
+    assert not bool(mask[0, 3]) and not bool(mask[3, 0]) and not mask.diagonal().any()
+
+
+# ---------------------------------------------------------------------------- co-occurrence
+# Planted co-occurrence: each group pairs two unrelated topics; users buy baskets that mix
+# one group's items, so a model that learns it puts e.g. bicycles near violins.
+GROUPS = [("bicycle", "violin"), ("coffee", "hammer"), ("tomato", "keyboard"),
+          ("pillow", "guitar"), ("shampoo", "tent"), ("cheese", "printer")]
+ADJECTIVES = ["red", "small", "classic", "premium", "cheap", "large", "blue", "modern"]
+
+
+@pytest.fixture(scope="module")
+def planted() -> ItemPairs:
+    rng = np.random.default_rng(5)
+    events: list[Event] = []
+    for u in range(120):
+        a, b = GROUPS[u % len(GROUPS)]
+        for basket in range(3):
+            titles = {f"{rng.choice(ADJECTIVES)} {topic}" for topic in (a, b, a, b)}
+            events += [_ev(f"u{u}", basket * 10 + n, T0 + basket * 48 * H, t)
+                       for n, t in enumerate(sorted(titles))]
+    return make_item_pairs(events, kinds=("basket",), per_user=6, seed=0)
+
+
+def test_cooccurrence_finetune_brings_planted_partners_closer(
+        planted: ItemPairs, tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    train, held = split_items(planted.pairs, 0.15, seed=0)
+    new, catalog = held_items(train, held), catalog_for(train, held)
+
+    def check(embed: Callable[[Sequence[str]], np.ndarray]) -> dict:
+        return cooccurrence_check(embed, held, planted.items, new, catalog)
+
+    config = FinetuneConfig(objective="cooccurrence", method="full", train_layers=2,
+                            batch_size=16, epochs=1, max_steps=8, eval_every=8, lr=2e-4,
+                            temperature=0.1, max_length=16, device="cpu")
+    result = Trainer(config).run(train, held, tmp_path, "cooc", {"source": "planted"}, check)
+    base, tuned = Encoder(default_model_path(), device="cpu"), Encoder(result.path, device="cpu")
+    assert tuned.model_version != base.model_version
+    assert tuned.max_length == base.max_length and tuned.pooling == base.pooling
+    before, after = check(base.encode), check(tuned.encode)  # measured on the saved models
+    assert after["positive_cosine"] > before["positive_cosine"]
+    assert after["auc"] > before["auc"] + 0.1  # closer than random pairs, scale-free
+    assert after["recall_title_only"] > before["recall_title_only"]  # new items, by title
+    assert result.best.loss < result.base.loss
+    training = json.loads((result.path / "training.json").read_text())
+    assert training["objective"]["name"] == "cooccurrence"
+    assert training["pairs"]["train"] == len(train) and training["pairs"]["held_out_items"]
+    assert training["check"]["after"]["auc"] == pytest.approx(after["auc"], abs=0.02)
+    card = (result.path / "MODEL_CARD.md").read_text()
+    assert "## Co-occurrence check" in card and "cooccurrence" in card
+
+
+def test_objective_must_match_the_pairs(tiny_base: Path, tmp_path: Path,
+                                        planted: ItemPairs, pairs: list[Pair]) -> None:
+    config = FinetuneConfig(base_model=str(tiny_base), objective="cooccurrence", batch_size=4,
+                            device="cpu")
+    with pytest.raises(ConfigError, match="ItemPair"):
+        Trainer(config).run(pairs[:8], pairs[8:12], tmp_path)
+
+
+def test_cli_cooccurrence_and_bad_input(tiny_base: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["finetune", "--synthetic", "--users", "32", "--days", "10", "--objective",
+              "cooccurrence", "--base", str(tiny_base), "--out", str(tmp_path),
+              "--batch-size", "8", "--max-steps", "2", "--device", "cpu"]
+    assert main([*common, "--name", "tiny-cooc", "--lora", "--lora-r", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "co-occurrence check" in out and "model version:   tiny-cooc-" in out
+    training = json.loads((tmp_path / "tiny-cooc" / "training.json").read_text())
+    assert training["pairs"]["train_by_kind"] == {"sequence": training["pairs"]["train"]}
+    assert training["data"]["pair_sampling"]["pairs_sequence"] > 0
+    for argv, message in (
+            ([*common, "--pair-kinds", "cart"], "pair kinds"),
+            ([*common, "--holdout", "1.5"], "--holdout must be between 0 and 1"),
+            ([*common, "--pairs-per-user", "0"], "--pairs-per-user must be at least 1"),
+            ([*common, "--popularity-power", "-1"], "popularity power must be >= 0"),
+            ([*common, "--max-length", "4"], "max length must be at least 8"),
+            ([*common, "--until", "2000-01-01"], "item pairs")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("segstream:")]
