@@ -2,9 +2,11 @@
 
 All on the same model, texts and thread count, in one run:
 
-1. throughput — ``SentenceTransformer(path).encode()`` (its defaults: fp32, batch 32)
-   vs ``segstream.encoding.Encoder`` in fp32, bf16 and (``--int8``) int8; rounds are
-   interleaved and the median is reported, since the machine may be shared;
+1. throughput — ``SentenceTransformer(path).encode()`` in fp32 and bf16 (and its ONNX
+   backend when ``optimum[onnxruntime]`` is installed) vs ``segstream.encoding.Encoder``
+   in fp32, bf16 and (``--int8``) int8, each compared at the same dtype, threads, batch
+   size and texts; rounds are interleaved and the median is reported, since the machine
+   may be shared;
 2. quality — cosine of each dtype to fp32, and KMeans cluster agreement (k = 8 and the
    segmenter's 12, fitted on the fp32 vectors);
 3. cache — the exact-text cache hit rate and the "unchanged text" rate on the realistic
@@ -47,14 +49,42 @@ def rate(fn, texts: list[str]) -> tuple[float, float]:
     return len(texts) / wall, 1000 * cpu / len(texts)
 
 
-def throughput(texts: list[str], rounds: int, int8: bool) -> dict[str, Encoder]:
+def sentence_transformers_runners(dtypes: list[str]) -> dict[str, object]:
+    """sentence-transformers on the same model folder, one instance per dtype, plus its
+    ONNX backend when ``optimum[onnxruntime]`` is importable (it is not a dependency)."""
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(default_model_path()), device="cpu")
-    ours = {"fp32": Encoder(dtype="float32"), "bf16": Encoder(dtype="bfloat16")}
+    path = str(default_model_path())
+    runners: dict[str, object] = {}
+    for name in dtypes:
+        st = SentenceTransformer(path, device="cpu")
+        if name != "fp32":
+            st = st.to(DTYPES[name])
+        runners[f"sentence-transformers {name}"] = st
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError as exc:
+        print(f"sentence-transformers ONNX backend: not installed here ({exc})")
+    else:
+        runners["sentence-transformers onnx"] = SentenceTransformer(path, device="cpu",
+                                                                    backend="onnx")
+    return runners
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def throughput(texts: list[str], rounds: int, int8: bool, batch: int) -> dict[str, Encoder]:
+    """Interleaved rounds of every runner on the same texts, threads and batch size; each
+    of ours is compared with sentence-transformers at the same dtype."""
+    ours = {"fp32": Encoder(dtype="float32", batch_size=batch),
+            "bf16": Encoder(dtype="bfloat16", batch_size=batch)}
     if int8:
-        ours["int8"] = Encoder(quantize_int8=True)
-    runners = {"sentence-transformers": lambda t: st.encode(t, batch_size=32)}
+        ours["int8"] = Encoder(quantize_int8=True, batch_size=batch)
+    runners = {}
+    for name, st in sentence_transformers_runners(list(DTYPES)).items():
+        runners[name] = (lambda model: lambda t: model.encode(
+            t, batch_size=batch, convert_to_numpy=False))(st)
     runners |= {f"segstream {k}": enc.encode for k, enc in ours.items()}
     for fn in runners.values():
         fn(texts[:64])  # warm-up
@@ -65,15 +95,18 @@ def throughput(texts: list[str], rounds: int, int8: bool) -> dict[str, Encoder]:
             r, c = rate(fn, texts)
             results[name].append(r)
             cpu[name].append(c)
-    base = statistics.median(results["sentence-transformers"])
-    base_cpu = statistics.median(cpu["sentence-transformers"])
-    print(f"\n== throughput: {len(texts)} texts, {torch.get_num_threads()} threads, "
-          f"median of {rounds} interleaved rounds ==")
+    print(f"\n== throughput: {len(texts)} texts, {torch.get_num_threads()} threads, batch "
+          f"{batch}, median of {rounds} interleaved rounds ==")
     for name, values in results.items():
+        dtype = name.rsplit(" ", 1)[-1]
+        peer = f"sentence-transformers {dtype}"
         med, c = statistics.median(values), statistics.median(cpu[name])
-        print(f"{name:24s} {med:7.1f} texts/s  x{med / base:.2f} | {c:6.1f} CPU ms/text  "
-              f"x{base_cpu / c:.2f} vs sentence-transformers "
-              f"(rounds: {', '.join(f'{v:.0f}' for v in values)} texts/s)")
+        line = f"{name:28s} {med:7.1f} texts/s {c:6.1f} CPU ms/text"
+        if name.startswith("segstream") and peer in results:
+            base = statistics.median(results[peer])
+            line += (f" | x{med / base:.2f} texts/s, x{statistics.median(cpu[peer]) / c:.2f} "
+                     f"CPU vs {peer}")
+        print(f"{line}  (rounds: {', '.join(f'{v:.0f}' for v in values)} texts/s)")
     auto = Encoder()
     print(f"default (dtype=auto) on this machine: {auto.dtype_name} on {auto.device}")
     return ours
@@ -183,6 +216,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32, help="encode batch size (all runners)")
     ap.add_argument("--int8", action="store_true", help="also measure int8 quantisation")
     ap.add_argument("--users", type=int, default=1_000)
     ap.add_argument("--rate", type=float, default=1_000.0, help="pipeline events/s")
@@ -195,7 +229,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads")
     if "throughput" not in skip:
         texts = sample_texts(args.texts)
-        ours = throughput(texts, args.rounds, args.int8)
+        ours = throughput(texts, args.rounds, args.int8, args.batch)
         quality(texts, ours)
     if "cache" not in skip:
         cache_study(args.users)
