@@ -26,9 +26,13 @@ from segstream.config import KafkaSettings, RedisSettings, Settings
 from segstream.errors import InfraError
 from segstream.kafka_io import KafkaClients
 from segstream.kafka_io import kafka as _kafka
+from segstream.keys import Keys
+from segstream.metrics import ServiceMetrics
 from segstream.redis_io import check_redis, redis_client
+from segstream.state_epoch import StateEpoch
 
 Check = Callable[[], None]
+_log = logging.getLogger(__name__)
 
 
 class HealthError(InfraError):
@@ -178,8 +182,22 @@ class _KafkaMetadataCheck:
 
 
 def kafka_check(settings: KafkaSettings, timeout_ms: int = 3000) -> Check:
-    """Ask the Kafka cluster for its metadata (SASL/SSL settings included)."""
-    return _KafkaMetadataCheck(settings, timeout_ms)
+    """Ask the Kafka cluster for its metadata (SASL/SSL settings included). The reason it
+    reports names neither the broker nor the user (``/healthz`` is unauthenticated); the
+    full one goes to the log."""
+    inner = _KafkaMetadataCheck(settings, timeout_ms)
+
+    def check() -> None:
+        try:
+            inner()
+        except InfraError as exc:
+            _log.warning("health: %s", exc)
+            text = str(exc)
+            why = ("rejected the login" if "rejected" in text or "did not complete" in text
+                   else "did not answer a metadata request")
+            raise InfraError(f"Kafka {why} (details in the service log)") from None
+
+    return check
 
 
 class HealthChecks:
@@ -209,11 +227,18 @@ class HealthChecks:
 
 
 def service_health(settings: Settings, *, kafka: bool = True, redis_: bool = True,
-                   client: redis.Redis | None = None) -> HealthChecks:
-    """The usual checks of a service: its Kafka cluster and/or its Redis."""
+                   client: redis.Redis | None = None, metrics: ServiceMetrics | None = None,
+                   state: StateEpoch | None = None, **extra: Check) -> HealthChecks:
+    """The usual checks of a service: its Kafka cluster and/or its Redis, whether Redis
+    still holds segstream's data (``state``: the service's ``StateEpoch``, else one is
+    made, its alarm metrics on ``metrics``), and the service's own ``extra`` checks."""
     checks: dict[str, Check] = {}
     if kafka:
         checks["kafka"] = kafka_check(settings.kafka)
     if redis_:
-        checks["redis"] = redis_check(client if client is not None else settings.redis)
-    return HealthChecks(**checks)
+        conn = client if client is not None else redis_client(settings.redis)
+        checks["redis"] = redis_check(conn)
+        if state is None:
+            state = StateEpoch(conn, Keys(settings.redis.key_prefix), metrics)
+        checks["state"] = state.check
+    return HealthChecks(**checks, **extra)

@@ -150,6 +150,12 @@ class Keys:
     def model_registry(self) -> str:
         return self._alone("model")
 
+    def state_epoch(self) -> str:
+        """hash ``id``, ``created_ms`` (+ ``lost``, ``lost_ms``): Redis' data generation,
+        the sentinel by which every service notices a flush or a restart without
+        persistence (``segstream.state_epoch``)."""
+        return self._alone("epoch")
+
     def model_prev_state(self) -> str:
         return self._alone("model:prev_state")
 

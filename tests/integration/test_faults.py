@@ -15,6 +15,7 @@ import torch
 
 from segstream.config import Settings
 from segstream.encoding import Encoder
+from segstream.errors import InfraError
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.keys import Keys
 from segstream_services.encoder.claims import Claim
@@ -144,4 +145,46 @@ def test_a_vanished_consumer_group_is_recreated_not_looped_on(
     wait_until(lambda: svc.metrics.entries.labels("processed")._value.get() == 39, 30,
                what="users written after the group vanished")
     assert svc.metrics.group_recreated._value.get() >= 1
-    assert all(redis_conn.hget(keys.seg(f"b{i}"), "segment_id") for i in range(9))
+    wait_until(lambda: all(redis_conn.hget(keys.seg(f"b{i}"), "segment_id") for i in range(9)),
+               30, what="their segments stored")
+
+
+def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
+        running: list[tuple[SegmenterService, threading.Thread]]) -> None:
+    from tests.integration.segment_state import delete_state
+
+    keys = Keys(settings.redis.key_prefix)
+    rng = np.random.default_rng(5)
+    modes = rng.normal(size=(3, 384))
+
+    def feed(uid: str, mode: int) -> None:
+        vec = modes[mode] + 0.3 * rng.normal(size=384)
+        now = int(time.time() * 1000)
+        redis_conn.hset(keys.emb(uid), mapping={
+            "vec": (vec / np.linalg.norm(vec)).astype(np.float16).tobytes(),
+            "model_version": "m@1", "text_hash": f"h{uid}", "encoded_ms": now})
+        redis_conn.xadd(keys.embedded(), {"user_id": uid, "model_version": "m@1",
+                                          "text_hash": f"h{uid}", "dirty_ms": now,
+                                          "encoded_ms": now})
+
+    first = start_segmenter(settings, kafka, "before", running)
+    for i in range(30):
+        feed(f"a{i}", i % 3)
+    wait_until(lambda: redis_conn.hlen(keys.seg_catalog()) >= 3, 60, what="first segments")
+    before = {k.decode() for k in redis_conn.hkeys(keys.seg_catalog())}
+    first.stop()
+    running[0][1].join(15)
+    delete_state(redis_conn, settings.redis.key_prefix)  # Redis comes back empty
+
+    after = start_segmenter(settings, kafka, "after", running)
+    for i in range(30):
+        feed(f"b{i}", i % 3)
+    wait_until(lambda: redis_conn.hlen(keys.seg_catalog()) >= 3, 60, what="new segments")
+    now = {k.decode() for k in redis_conn.hkeys(keys.seg_catalog())}
+    assert not now & before  # no id reused, no catalog entry overwritten
+    high = max(int(s[1:]) for s in before if s.startswith("s"))
+    assert min(int(s[1:]) for s in now if s.startswith("s")) == high + 1
+    with pytest.raises(InfraError, match="Redis lost its data"):
+        after.epoch.check()
+    assert after.metrics.base.registry.get_sample_value("segstream_state_lost_total") == 1

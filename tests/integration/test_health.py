@@ -66,7 +66,7 @@ def test_healthz_passes_with_real_kafka_and_redis(infra: Settings, metrics: Serv
         doc = json.loads(body)
         assert status == 200, doc
         assert doc["status"] == "ok" and doc["service"] == "probe"
-        assert doc["checks"] == {"kafka": "ok", "redis": "ok"}
+        assert doc["checks"] == {"kafka": "ok", "redis": "ok", "state": "ok"}
         # /metrics still served next to it
         assert get(f"http://127.0.0.1:{server.server_port}/metrics")[0] == 200
     finally:
@@ -86,8 +86,8 @@ def test_healthz_503_names_each_dead_dependency(infra: Settings, metrics: Servic
         doc = json.loads(body)
         assert status == 503, doc
         assert doc["status"] == "unhealthy"
-        assert f"127.0.0.1:{dead_kafka}" in doc["checks"]["kafka"]
-        assert "metadata" in doc["checks"]["kafka"]
+        assert "metadata" in doc["checks"]["kafka"]  # the reason, but not where or who:
+        assert str(dead_kafka) not in body.decode()  # /healthz is unauthenticated
         assert "Redis is not reachable" in doc["checks"]["redis"]
         assert "\n" not in doc["reason"]
     finally:
@@ -149,7 +149,7 @@ def service_env(infra: Settings, unique: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("service", "checks"), [
-    ("ingest", {"kafka", "redis"}), ("segmenter", {"kafka", "redis"})])
+    ("ingest", {"kafka", "redis", "state"}), ("segmenter", {"kafka", "redis", "state"})])
 def test_sigterm_stops_a_running_service_cleanly_after_serving_healthz(
         infra: Settings, unique: str, service: str, checks: set[str]) -> None:
     port = free_port()
@@ -186,3 +186,35 @@ def test_idle_exit_ends_every_service_by_itself(infra: Settings, unique: str,
     assert done.returncode == 0, done.stderr
     assert f"{service} running (metrics and health: off; exits after 1s idle)" in done.stderr
     assert f"{service} stopped:" in done.stderr
+
+
+def test_healthz_turns_unhealthy_when_redis_loses_its_data_until_acknowledged(
+        infra: Settings, unique: str, metrics: ServiceMetrics) -> None:
+    import redis as redis_lib
+
+    from segstream.keys import Keys
+    from segstream.redis_io import redis_client
+
+    settings = infra.model_copy(update={"redis": infra.redis.model_copy(
+        update={"key_prefix": unique})})
+    client: redis_lib.Redis = redis_client(settings.redis)
+    epoch = Keys(unique).state_epoch()
+    health = service_health(settings, kafka=False, client=client, metrics=metrics)
+    assert health()["checks"] == {"redis": "ok", "state": "ok"}  # first start: epoch made
+    assert client.exists(epoch)
+    client.delete(epoch)  # what FLUSHALL or a restart without AOF does to it
+    with pytest.raises(HealthError) as err:
+        health()
+    assert err.value.checks["redis"] == "ok"
+    assert err.value.checks["state"].startswith("Redis lost its data: the state epoch")
+    exposition = metrics.exposition().decode()
+    assert "segstream_state_data_lost 1.0" in exposition
+    assert "segstream_state_lost_total 1.0" in exposition
+    restarted = service_health(settings, kafka=False, client=client)  # a new process
+    with pytest.raises(HealthError, match="Redis lost its data"):
+        restarted()
+    client.hdel(epoch, "lost", "lost_ms")  # the operator acknowledges after repairing
+    assert health()["checks"]["state"] == "ok" and restarted()["checks"]["state"] == "ok"
+    assert "segstream_state_data_lost 0.0" in metrics.exposition().decode()
+    client.delete(epoch)
+    client.close()

@@ -37,7 +37,9 @@ def cmd_run_encoder(settings: Settings, args: argparse.Namespace) -> int:
              worker.encoder.model_version, worker.encoder.device, worker.encoder.dtype_name,
              cfg.claim_batch, cfg.max_wait_ms, cfg.lease_s, "on" if cfg.cache_enabled else "off")
     run_service("encoder", worker, metrics=worker.metrics.base,
-                port=port, health=service_health(settings, kafka=False, client=worker.client),
+                port=port, health=service_health(settings, kafka=False, client=worker.client,
+                                                 metrics=worker.metrics.base,
+                                                 worker=worker.health),
                 idle_exit_s=idle_exit_s, summary=lambda _: worker.summary())
     return 0
 

@@ -85,9 +85,11 @@ class EncoderWorker:
         self.stop_event = threading.Event()
         from segstream_services.rollout.registry import ModelWatcher
 
+        self.problem: str | None = None
         self.watcher = ModelWatcher(  # rollout/rollback: a new model without a restart
             self.client, self.keys, load=lambda path: Encoder.from_settings(
-                self.cfg.model_copy(update={"model_path": path})))
+                self.cfg.model_copy(update={"model_path": path})),
+            on_failure=self.metrics.model_load_failures.inc)
 
     def swap_encoder(self, encoder: Encoder) -> None:
         """Serve ``encoder`` from the next claim on (a rollout or rollback, see
@@ -244,9 +246,11 @@ class EncoderWorker:
                 result = self.step()
                 self.update_depth()
                 backoff = 0.5
-            except (redis.ConnectionError, redis.TimeoutError, InfraError) as exc:
-                log.warning("Redis unavailable (%s); retrying in %.1fs",
-                            str(exc).splitlines()[0], backoff)
+                self.problem = None
+            except (redis.RedisError, InfraError) as exc:  # unreachable, OOM, READONLY, ...
+                self.problem = f"Redis refused the last batch: {str(exc).splitlines()[0]}"
+                self.metrics.redis_errors.inc()
+                log.warning("%s; retrying in %.1fs", self.problem, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -264,6 +268,12 @@ class EncoderWorker:
                 stop.wait(min(max(result.wait_ms, 1) / 1000, idle_s))
             else:
                 stop.wait(idle_s)
+
+    def health(self) -> None:
+        """The worker's own ``/healthz`` check: raises while its batches fail on Redis
+        (e.g. OOM or READONLY, which a PING does not show)."""
+        if self.problem:
+            raise InfraError(self.problem)
 
     def summary(self) -> str:
         t = self.totals

@@ -31,7 +31,8 @@ def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
         return f"{stats.records} records, {stats.batches} batches ({outcomes or '-'})"
 
     run_service("ingest", service, metrics=service.metrics.base,
-                port=port, health=service_health(settings, client=service.redis),
+                port=port, health=service_health(settings, client=service.redis,
+                                                 metrics=service.metrics.base),
                 idle_exit_s=idle_exit_s, summary=summary)
     return 0
 

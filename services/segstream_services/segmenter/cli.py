@@ -48,7 +48,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     check_redis(client)
     service = SegmenterService(settings, client)
     run_service("segmenter", service, metrics=service.metrics.base,
-                port=port, health=service_health(settings, client=client),
+                port=port, health=service_health(settings, client=client, state=service.epoch),
                 idle_exit_s=idle_exit_s,
                 summary=lambda _: f"centroids version {service.model.version}")
     return 0

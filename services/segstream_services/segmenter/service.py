@@ -20,6 +20,7 @@ the work of reading, deduplicating and publishing, and take over from a dead one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from segstream.redis_io import redis_client
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter, SegConfig
 from segstream.segmentation.engagement import engagement_tier
 from segstream.segmentation.labels import text_changes
+from segstream.state_epoch import StateEpoch
 from segstream.stream_entry import EmbeddedEntry
 from segstream_services.segmenter import audience, store
 from segstream_services.segmenter.metrics import SegmenterMetrics
@@ -81,6 +83,7 @@ class SegmenterService:
         self.stream = self.keys.embedded()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = metrics or SegmenterMetrics()
+        self.epoch = StateEpoch(self.redis, self.keys, self.metrics.base)
         self.config = SegConfig.from_settings(self.s)
         self.thresholds = store.thresholds(settings)
         self.writer = store.SegmentStateWriter(self.redis, self.keys, self._publish,
@@ -107,8 +110,13 @@ class SegmenterService:
         self.ensure_group()
         log.info("segmenter %s reading %s as group %s", self.consumer, self.stream, self.s.group)
         idle_since = time.monotonic()
+        epoch_at = 0.0
         try:
             while not self.stop_event.is_set():
+                if time.monotonic() - epoch_at >= 1.0:
+                    epoch_at = time.monotonic()
+                    with contextlib.suppress(redis.RedisError, InfraError):
+                        self.epoch.check()  # raises while lost: the alarm is up, go on
                 try:
                     if self.step():
                         idle_since = time.monotonic()
@@ -275,7 +283,8 @@ class SegmenterService:
         if b"vec" not in emb:
             return "missing-embedding"
         mv = emb.get(b"model_version", b"").decode() or entry.model_version
-        th = emb.get(b"text_hash", b"").decode() or entry.text_hash
+        # the vector's identity: its vec_hash (the interest path), else its text's hash
+        th = (emb.get(b"vec_hash") or emb.get(b"text_hash") or b"").decode() or entry.text_hash
         if self.model.model_version is None:
             self.model.model_version = mv
         elif mv != self.model.model_version:
@@ -427,13 +436,27 @@ class SegmenterService:
         m.version.set(self.model.version)
 
     # ------------------------------------------------------------------ model state
+    def _fresh_model(self) -> OnlineSegmenter:
+        """A new model when Redis holds none: its ids continue after the highest ever
+        published on the catalog topic; if there are any, Redis lost the state that
+        produced them, which is declared (alarm metric, unhealthy ``/healthz``)."""
+        model = OnlineSegmenter(self.config)
+        seg, fam = store.published_high_ids(self.kafka, self.settings.topics.catalog)
+        if seg or fam:
+            model.next_segment = max(model.next_segment, seg + 1)
+            model.next_family = max(model.next_family, fam + 1)
+            self.epoch.declare_lost(
+                f"Redis lost its data: it has no segmenter state but the catalog topic "
+                f"lists segments up to s{seg}; new ids continue from s{seg + 1}")
+        return model
+
     def _refresh_model(self) -> None:
         """Reload the model when another writer (or a restart) moved the stored revision."""
         if store.read_rev(self.redis, self.keys) == self.rev:
             return
         model, rev, applied = store.read_state(self.redis, self.keys)
         if model is None:
-            model = OnlineSegmenter(self.config)
+            model = self._fresh_model()
         elif model.config != self.config:
             log.warning("stored segmenter state uses %s; settings say %s: keeping the stored "
                         "one", model.config, self.config)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -231,3 +232,34 @@ class SegmentStateWriter:
         crashpoints.reached("segmenter", 5)
         self._clear(box_id)                                                     # 5
         return rev
+
+
+def published_high_ids(kafka: Any, topic: str, timeout_s: float = 30.0) -> tuple[int, int]:
+    """The highest fine-segment and family numbers (``s<N>``, ``f<N>``) ever published to
+    the compacted catalog topic (its keys), read from the beginning to the end offsets.
+    A model that starts without stored state continues after them, so ids are never
+    reused even when Redis lost the state that counted them."""
+    from kafka import TopicPartition
+
+    consumer = kafka.consumer(group_id=None, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return 0, 0
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        high = {"s": 0, "f": 0}
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise InfraError(f"reading the catalog topic {topic} took over {timeout_s:g}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    key = (r.key or b"").decode(errors="replace")
+                    if key[:1] in high and key[1:].isdigit():
+                        high[key[0]] = max(high[key[0]], int(key[1:]))
+        return high["s"], high["f"]
+    finally:
+        consumer.close()
