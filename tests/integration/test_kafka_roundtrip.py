@@ -2,8 +2,8 @@
 1,000 keyed events come back exactly once, each from its key's partition (the Java
 client's murmur2 partitioner for both), with their headers and timestamps; commits,
 committed offsets, end offsets, assign + seek, delivery results and admin create/describe.
-Then the ingest tests (exact features, dead letters) and the 2 + 2 scale-out test run
-unchanged on each backend."""
+Then the ingest tests (exact features, dead letters), a segmenter test and the 2 + 2
+scale-out test run unchanged on each backend."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import redis
 from kafka.partitioner.default import murmur2
 
 from segstream.config import DEFAULT_EVENT_TYPES, Settings
@@ -24,9 +25,11 @@ from segstream.kafka_client import (
     TopicSpec,
     kafka_clients,
 )
+from segstream.kafka_io import KafkaClients as KafkaPythonObjects
 from tests.helpers import wait_until
 from tests.integration import test_ingest as ingest_tests
 from tests.integration import test_scale_out as scale_tests
+from tests.integration import test_segmenter_service as segmenter_tests
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 6
@@ -174,6 +177,17 @@ def test_ingest_dead_letters_on_each_backend(infra: Settings, unique: str,
                                              backend: str) -> None:
     ingest_tests.test_every_malformed_kind_is_dead_lettered_with_its_provenance(
         on_backend(infra, backend), unique)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_segmenter_publishes_on_each_backend(infra: Settings, unique: str, backend: str,
+                                             redis_conn: redis.Redis) -> None:
+    # the test's own topic readers use kafka-python objects; the service is built on
+    # ``backend`` from the settings those objects carry
+    kafka = KafkaPythonObjects(on_backend(infra, backend).kafka)
+    settings = segmenter_tests.settings.__wrapped__(infra, unique, kafka)  # type: ignore
+    segmenter_tests.test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
+        settings, redis_conn, kafka)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

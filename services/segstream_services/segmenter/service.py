@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 import redis
-from kafka.errors import KafkaError
 
 from segstream import crashpoints
 from segstream.config import Settings
 from segstream.errors import InfraError
 from segstream.features import Rfm
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClientError, KafkaClients, kafka_clients
 from segstream.keys import Keys
 from segstream.records import change_record, signature, with_event
 from segstream.redis_io import redis_client
@@ -73,12 +72,14 @@ class SegmenterService:
     """Reads the ``embedded`` stream, keeps the model current and publishes changes."""
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None,
-                 kafka: KafkaClients | None = None, consumer: str | None = None,
+                 kafka: Any = None, consumer: str | None = None,
                  metrics: SegmenterMetrics | None = None) -> None:
         self.settings = settings
         self.s = settings.segmenter
         self.redis = client if client is not None else redis_client(settings.redis)
-        self.kafka = kafka or KafkaClients(settings.kafka)
+        # a segstream.kafka_io.KafkaClients (kafka-python objects) lends only its settings
+        self.kafka = kafka if isinstance(kafka, KafkaClients) else kafka_clients(
+            kafka.settings if kafka is not None else settings.kafka)
         self.keys = Keys(settings.redis.key_prefix)
         self.stream = self.keys.embedded()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -122,7 +123,7 @@ class SegmenterService:
                         idle_since = time.monotonic()
                     elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
-                except (redis.RedisError, KafkaError, InfraError, OSError) as exc:
+                except (redis.RedisError, KafkaClientError, InfraError, OSError) as exc:
                     if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
                         self._group_lost()
                         continue
@@ -411,7 +412,7 @@ class SegmenterService:
         """Send and wait for every ack (raises on failure, so nothing gets acked)."""
         if not records:
             return
-        futures = [self.producer.send(topic, key=k.encode(), value=json.dumps(v).encode())
+        futures = [self.producer.send(topic, json.dumps(v).encode(), key=k.encode())
                    for k, v in records]
         self.producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000)
         for f in futures:

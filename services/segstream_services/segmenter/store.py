@@ -239,27 +239,26 @@ def published_high_ids(kafka: Any, topic: str, timeout_s: float = 30.0) -> tuple
     the compacted catalog topic (its keys), read from the beginning to the end offsets.
     A model that starts without stored state continues after them, so ids are never
     reused even when Redis lost the state that counted them."""
-    from kafka import TopicPartition
+    from segstream.kafka_client import TopicPartition
 
-    consumer = kafka.consumer(group_id=None, enable_auto_commit=False)
+    consumer = kafka.consumer(group_id=None)
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for(topic))]
         if not tps:
             return 0, 0
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            consumer.seek(tp, 0)  # a compacted-away start resets to the earliest offset
         ends = consumer.end_offsets(tps)
         high = {"s": 0, "f": 0}
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
+        while any((consumer.position(tp) or 0) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise InfraError(f"reading the catalog topic {topic} took over {timeout_s:g}s")
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    key = (r.key or b"").decode(errors="replace")
-                    if key[:1] in high and key[1:].isdigit():
-                        high[key[0]] = max(high[key[0]], int(key[1:]))
+            for r in consumer.poll(timeout_ms=500, max_records=500):
+                key = (r.key or b"").decode(errors="replace")
+                if key[:1] in high and key[1:].isdigit():
+                    high[key[0]] = max(high[key[0]], int(key[1:]))
         return high["s"], high["f"]
     finally:
         consumer.close()
