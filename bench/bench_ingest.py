@@ -1,16 +1,18 @@
 """Ingest benchmark (prints figures; not a test).
 
-1. Throughput: one synthetic stream is produced to a fresh topic; a bare kafka-python
-   consumer that only reads and JSON-parses it, and one ``IngestService`` doing the full
-   processing (validation, Lua apply, texts, dirty queue, commits), each read all of it
-   in their own consumer group, in the same run. Rates count from the first polled batch
-   to the last record, so group joins are excluded from both.
+1. Throughput: 100,000 records of 1,500 users, interleaved in event-time order as real
+   traffic is, are produced to a fresh topic. For each Kafka backend (kafka-python,
+   confluent-kafka), in the same run: that library's own consumer that only reads and
+   JSON-parses (the peer), then one ``IngestService`` on that backend doing the full
+   processing (validation, Lua apply, texts, dirty queue, commits), each reading all of
+   it in its own consumer group. Rates count from the first polled batch to the last
+   record, so group joins are excluded from both.
 2. Memory: users with a full synthetic history are applied straight to Redis (the same
    Lua script, no Kafka) with their texts; bytes per user are ``MEMORY USAGE`` of each
    user's keys (features, dedup, titles, text; embeddings are not ingest's) and the
    ``used_memory`` growth divided by users (which adds Redis' per-key overhead).
 
-    .venv/bin/python bench/bench_ingest.py --users 3000 --mem-users 10000,100000
+    .venv/bin/python bench/bench_ingest.py --mem-users ''     # throughput only
 
 Everything it writes (topics aside) is deleted at the end; topics are prefixed
 ``bench-ingest-``.
@@ -19,6 +21,8 @@ Everything it writes (topics aside) is deleted at the end; topics are prefixed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import statistics
 import sys
@@ -27,13 +31,13 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from kafka.admin import NewTopic
-
 from segstream.config import Settings, load_settings
 from segstream.feature_store import FeatureStore, PendingEvent
 from segstream.feature_text import render
 from segstream.features import increments, summarize
-from segstream.kafka_io import KafkaClients, describe
+from segstream.kafka_client import TopicSpec, kafka_clients
+from segstream.kafka_client.confluent import ConfluentClients
+from segstream.kafka_client.kafka_python import KafkaPythonClients
 from segstream.redis_io import redis_client
 from segstream.synthetic import SyntheticStream
 from segstream_services.ingest.service import IngestService
@@ -48,50 +52,85 @@ def isolated(base: Settings, run: str) -> Settings:
                                                  "metrics_port": 0})})
 
 
-def produce(settings: Settings, stream: SyntheticStream, partitions: int) -> int:
-    admin = KafkaClients(settings.kafka).admin()
-    admin.create_topics([NewTopic(settings.topics.events, partitions, 1),
-                         NewTopic(settings.topics.dlq, 1, 1)])
+def on_backend(settings: Settings, backend: str, group: str) -> Settings:
+    return settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"client": backend}),
+        "ingest": settings.ingest.model_copy(update={"group_id": group})})
+
+
+def produce(settings: Settings, records: list[tuple[bytes, bytes | None]],
+            partitions: int) -> int:
+    clients = kafka_clients(settings.kafka)
+    admin = clients.admin()
+    admin.create_topics([TopicSpec(settings.topics.events, partitions, {}),
+                         TopicSpec(settings.topics.dlq, 1, {})])
     deadline = time.monotonic() + 30
-    while not describe(admin, [settings.topics.events]) and time.monotonic() < deadline:
+    while not admin.describe([settings.topics.events]) and time.monotonic() < deadline:
         time.sleep(0.1)
     admin.close()
-    producer = KafkaClients(settings.kafka).producer(linger_ms=20, batch_size=512 * 1024)
-    n = 0
-    for key, value in stream.records():
-        producer.send(settings.topics.events, key=key, value=value)
-        n += 1
+    producer = clients.producer(linger_ms=20, batch_size=512 * 1024)
+    for key, value in records:
+        producer.send(settings.topics.events, value, key=key)
     producer.flush()
     producer.close()
-    return n
+    return len(records)
 
 
-def bare_rate(settings: Settings, total: int) -> float:
-    """Records/s of a kafka-python consumer that only reads and JSON-parses."""
-    consumer = KafkaClients(settings.kafka).consumer(
-        settings.topics.events, group_id=f"{settings.ingest.group_id}-bare",
-        max_poll_records=settings.ingest.max_poll_records,
-        max_partition_fetch_bytes=settings.ingest.max_partition_fetch_bytes)
-    seen = 0
+def bare_rate(settings: Settings, backend: str, group: str, total: int) -> float:
+    """Records/s of the backend's own consumer (no segstream code) that only reads and
+    JSON-parses, from its first polled batch to the last record."""
+    cfg = settings.ingest
     first = last = 0.0
-    parsed = 0
-    while seen < total:
-        polled = consumer.poll(timeout_ms=500, max_records=settings.ingest.max_poll_records)
-        for batch in polled.values():
-            if not first:
+    seen = 0
+    if backend == "confluent":
+        import confluent_kafka
+
+        c = confluent_kafka.Consumer({
+            **ConfluentClients(settings.kafka).common(), "group.id": group,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes})
+        c.subscribe([settings.topics.events])
+        while seen < total:
+            msgs = c.consume(num_messages=cfg.max_poll_records, timeout=0.5)
+            if msgs and not first:
                 first = time.monotonic()
-            for record in batch:
-                try:
-                    json.loads(record.value)
-                    parsed += 1
-                except (ValueError, TypeError):
-                    pass
-            seen += len(batch)
-        if seen:
-            last = time.monotonic()
-    consumer.commit()
-    consumer.close()
+            for m in msgs:
+                if m.error() is None:
+                    with contextlib.suppress(ValueError, TypeError):
+                        json.loads(m.value())
+                    seen += 1
+            if seen:
+                last = time.monotonic()
+        c.close()
+    else:
+        import kafka
+
+        k = kafka.KafkaConsumer(
+            settings.topics.events, **KafkaPythonClients(settings.kafka).common(),
+            group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=cfg.max_poll_records,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes)
+        while seen < total:
+            polled = k.poll(timeout_ms=500, max_records=cfg.max_poll_records)
+            for batch in polled.values():
+                if not first:
+                    first = time.monotonic()
+                for record in batch:
+                    with contextlib.suppress(ValueError, TypeError):
+                        json.loads(record.value)
+                seen += len(batch)
+            if seen:
+                last = time.monotonic()
+        k.close(autocommit=False)
     return seen / (last - first)
+
+
+def traffic(users: int, days: int, events: int) -> list[tuple[bytes, bytes | None]]:
+    """The first ``events`` records of the persona stream: users interleaved in event-time
+    order as real traffic is (plus 0.5% malformed, 1% duplicates, 0.5% bots)."""
+    stream = SyntheticStream(users=users, days=days, seed=11, end_ms=int(time.time() * 1000),
+                             malformed=0.005, duplicates=0.01, bots=0.005)
+    return list(itertools.islice(stream.records(), events))
 
 
 def memory(base: Settings, users: int, days: int) -> dict[str, float]:
@@ -155,7 +194,11 @@ def cleanup(client: Any, settings: Settings) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--users", type=int, default=1_500)
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="records produced (the first of the stream)")
+    parser.add_argument("--clients", default="kafka-python,confluent",
+                        help="comma list of Kafka backends to measure")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--mem-users", default="10000,100000",
@@ -168,26 +211,29 @@ def main() -> int:
     if not args.skip_throughput:
         run = uuid.uuid4().hex[:8]
         settings = isolated(base, run)
-        stream = SyntheticStream(users=args.users, days=args.days, seed=11,
-                                 end_ms=int(time.time() * 1000), malformed=0.005,
-                                 duplicates=0.01, bots=0.005)
+        records = traffic(args.users, args.days, args.events)
         t0 = time.monotonic()
-        total = produce(settings, stream, args.partitions)
+        total = produce(settings, records, args.partitions)
         print(f"produced {total} records ({args.users} users, {args.days} days, "
               f"{args.partitions} partitions) in {time.monotonic() - t0:.1f}s", flush=True)
-        bare = bare_rate(settings, total)
-        print(f"bare kafka-python consumer (read + json.loads): {bare:,.0f} records/s",
-              flush=True)
-        service = IngestService(settings)
-        stats = service.run(max_records=total)
-        full = stats.rate
-        print(f"ingest, full processing:                        {full:,.0f} records/s "
-              f"({stats.batches} batches; "
-              f"{service.store.dirty_count()} users queued for encoding)")
-        print(f"ratio ingest / bare: {full / bare:.2f} (target >= 0.5)")
-        print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.outcomes.items())))
-        cleanup(service.redis, settings)
-        admin = KafkaClients(settings.kafka).admin()
+        client = redis_client(settings.redis)
+        for backend in args.clients.split(","):
+            # each reader in its own group and Redis namespace, one after the other
+            bare = bare_rate(settings, backend, f"{settings.ingest.group_id}-bare-{backend}",
+                             total)
+            own = on_backend(settings, backend, f"{settings.ingest.group_id}-{backend}")
+            own = own.model_copy(update={"redis": own.redis.model_copy(
+                update={"key_prefix": f"{settings.redis.key_prefix}-{backend}"})})
+            service = IngestService(own)
+            stats = service.run(max_records=total)
+            print(f"{backend:12s}: bare consumer (read + json.loads) {bare:9,.0f} records/s | "
+                  f"ingest (full processing) {stats.rate:9,.0f} records/s "
+                  f"({stats.batches} batches) | ingest / bare {stats.rate / bare:.2f} "
+                  f"(target >= 0.5)", flush=True)
+            print("  outcomes: " + ", ".join(f"{k}={v}"
+                                             for k, v in sorted(stats.outcomes.items())))
+            cleanup(client, own)
+        admin = kafka_clients(settings.kafka).admin()
         admin.delete_topics([settings.topics.events, settings.topics.dlq])
         admin.close()
 
