@@ -204,7 +204,7 @@ class InterestSettings(BaseModel):
     on splits before the reported ones (see the README).
     """
 
-    half_life_days: float = Field(default=90.0, ge=0)
+    half_life_days: float = Field(default=365.0, ge=0)
     type_weights: dict[str, float] = Field(default_factory=lambda: {
         "purchase": 1.0, "cart": 0.6, "like": 0.6, "rate": 1.0, "play": 0.5, "share": 0.5,
         "comment": 0.4, "click": 0.3, "view": 0.15})

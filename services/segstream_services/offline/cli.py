@@ -95,6 +95,9 @@ def register(sub: Any, run_sub: Any) -> None:
                    help="choose the interest half-life, item centring and view weights on "
                    "the splits whose truth period ends before T; report only splits at or "
                    "after T (default: use the settings' values, no tuning)")
+    p.add_argument("--no-search", action="store_true",
+                   help="with --tune-until: keep the settings' values (no search); the "
+                   "splits before T are left out all the same")
     p.add_argument("--k", default="8", metavar="K[,K...]",
                    help="segments for every method, e.g. 8,32 (default 8)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
@@ -130,6 +133,8 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     ingest = ingest_settings(args, settings)
     given = [parse_time(t) for t in (args.split_time or "").split(",") if t.strip()]
     tune_until = parse_time(args.tune_until) if args.tune_until else None
+    if args.model and not Path(args.model).is_dir():
+        raise ConfigError(f"--model: no such directory: {args.model}")
     console = Console(stderr=True)
     with console.status("reading events"):
         events, report = load_events(args, settings)
@@ -138,7 +143,8 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     splits = rolling_splits(events, args.rolling, args.horizon_days) if args.rolling else given
     config = EvalConfig(split_ms=splits, horizon_days=args.horizon_days,
                         stability_days=stability_days, ks=ks, seeds=tuple(range(args.seeds)),
-                        min_rating=args.min_rating, tune_until_ms=tune_until)
+                        min_rating=args.min_rating, tune_until_ms=tune_until,
+                        search=not args.no_search)
     with console.status("loading the encoder"):
         embed = TextEmbedder(load_encoder(settings, args), cache_dir=args.cache_dir)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())

@@ -54,7 +54,7 @@ INTEREST, TEXT, COMBO = ("segstream: interest vector", "segstream: feature text"
 METHODS = (POP, RFM, COOC, CAT, INTEREST, TEXT, COMBO)
 SEGSTREAM = (INTEREST, TEXT, COMBO)
 # The grid searched on the tuning splits (only with tune_until).
-HALF_LIVES = (14.0, 60.0, 180.0, 0.0)
+HALF_LIVES = (14.0, 60.0, 180.0, 365.0, 0.0)
 CENTRES = (True, False)
 TEXT_WEIGHTS = (0.35, 0.5, 0.75, 1.0)
 
@@ -72,6 +72,7 @@ class EvalConfig:
     top_n: int = 10
     min_users_per_k: int = 3
     tune_until_ms: int | None = None
+    search: bool = True  # False: keep the settings' values; tuning splits are left out
 
 
 def metric_names(config: EvalConfig) -> tuple[str, ...]:
@@ -286,7 +287,7 @@ def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
 def total_steps(config: EvalConfig) -> int:
     tuning, report = plan(config)
     grid = len({(h, c) for h, c, _ in itertools.product(HALF_LIVES, CENTRES, [0])})
-    tune = len(tuning) * (grid * 1 + len(TEXT_WEIGHTS)) if tuning else 0
+    tune = len(tuning) * (grid * 1 + len(TEXT_WEIGHTS)) if tuning and config.search else 0
     return tune + len(report) * len(config.seeds) * len(METHODS)
 
 
@@ -296,6 +297,8 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
     """Evaluate every method on every reported split, k and seed (tuning first, if asked)."""
     tick = tick or (lambda _msg: None)
     tuning_splits, report = plan(config)
+    if not config.search:
+        tuning_splits = []
     times = set(tuning_splits) | set(report)
     times |= {t - int(d * DAY_MS) for t in report for d in config.stability_days}
     data = Data(events, sorted(times), ingest, interest, embed, progress)
@@ -304,7 +307,7 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
                     "text_weight": interest.view_weights.get("text", 0.5)
                     / max(interest.view_weights.get("interest", 1.0), 1e-9)}
     tuning_log: list[dict] = []
-    if tuning_splits:
+    if tuning_splits and config.search:
         params, tuning_log = tune(data, tuning_splits, config, tick)
     accs = {k: {m: {s: _Acc() for s in config.seeds} for m in METHODS} for k in config.ks}
     used, pairs = [], 0
