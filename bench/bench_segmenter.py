@@ -14,7 +14,10 @@ encoder (``--personas USERS``).
 background events of the warm users are produced at ``--rate`` events/s with ``ts`` = now,
 and every ``--probe-ms`` a new probe user sends a burst of ``--burst`` events of one
 persona at one instant. Freshness is the time from that burst (the user's last event) to
-the probe's first segment record arriving on the output topic: p50/p99.
+the probe's first segment record arriving on the output topic: p50/p99. The segment follows
+the interest view (no transformer pass per event); the feature-text view lags behind on
+its own schedule, so its lag is reported separately: burst → the probe's text embedding
+stored (``text_ms`` in its ``emb`` hash; none when the text view's weight is 0).
 
     .venv/bin/python bench/bench_segmenter.py freshness --rate 1000 --seconds 60
 
@@ -260,6 +263,8 @@ def cmd_freshness(args: argparse.Namespace) -> None:
             if encoded:
                 stage.append(probes.first[uid] - int(encoded) / 1000)
         stage.sort()
+        text_lag = sorted(int(t) / 1000 - sent_at[u] for u in sent_at
+                          if (t := client.hget(keys.emb(u), "text_ms")))
         print(f"load: {n_sent / elapsed:.0f} background events/s for {elapsed:.0f}s "
               f"+ {len(sent_at)} probe bursts of {args.burst} events")
         if lat:
@@ -273,6 +278,13 @@ def cmd_freshness(args: argparse.Namespace) -> None:
                       f"{stage[len(stage) // 2] * 1000:.0f} ms, p99 "
                       f"{stage[min(len(stage) - 1, int(len(stage) * 0.99))] * 1000:.0f} ms "
                       "(a probe re-encoded later than its first record counts low)")
+            if text_lag:
+                print(f"feature-text view (last event -> text embedding stored): p50 "
+                      f"{text_lag[len(text_lag) // 2] * 1000:.0f} ms, p99 "
+                      f"{text_lag[min(len(text_lag) - 1, int(len(text_lag) * 0.99))] * 1000:.0f}"
+                      f" ms over {len(text_lag)} probes")
+            else:
+                print("feature-text view: not embedded (view weight 0 or not yet due)")
         else:
             print("no probe produced a record")
     finally:

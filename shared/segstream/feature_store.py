@@ -14,7 +14,22 @@ so the Lua script below touches one Redis Cluster slot):
 - ``text(uid)``           string, the feature text (TTL ``user_ttl_days``)
 - ``rfm(uid)``            hash, the user's RFM inputs (``features.Rfm`` fields): the one
   part of a profile the segmenter reads, so the bucket map above stays private to ingest
+- ``interest(uid)``       zset, the user's interest state: item → anchored weight
+  ``Σ w · 2^((t − anchor) / half_life)`` over the user's applied events of that item
+  (``w`` = ``interest.event_weight``; ``anchor`` = the user's first such event time, in
+  the feature hash's ``_ia``). The interest vector's direction ``Σ weight_i · x_i`` does
+  not depend on "now", so nothing is ever rescaled for time passing; an event before
+  the anchor simply weighs less. When ``(t − anchor)`` passes 60 half-lives the state is
+  re-anchored (every weight multiplied by ``2^-(t − anchor)/half_life``, exact up to
+  float rounding; weights that underflow to 0 are dropped). At most
+  ``interest.max_items`` items are kept: past that, the items with the smallest anchored
+  weight are dropped (the one approximation: a dropped item's past weight is lost, and
+  it weighs less than every kept item)
 - ``dirty()``             zset, the encoder's queue: ``ZADD NX`` user, score = now ms
+- ``item(i)``, ``items_dirty()``: an item's title and category, written (``HSETNX``,
+  first text seen wins) the first time this process sees the item with a text, and the
+  item queued for embedding (``ZADD NX``); item keys live on their own slots, so this is
+  a separate pipelined command before the users' dirty marks, never inside a user's script
 
 Exactly-once effect: a Kafka record redelivered after a crash or rebalance has an offset
 at or below its user's ``_o`` watermark for that partition and is skipped (``R``) however
@@ -29,10 +44,11 @@ import hashlib
 import json
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -41,21 +57,27 @@ from segstream.config import Settings
 from segstream.features import Increment, Rfm, UserState
 from segstream.keys import Keys
 
-# One call per user and batch. KEYS: features hash, dedup zset, titles zset, text string.
-# ARGV: window_days, category_cap, bot_limit, max_titles, dedup_window_ms, dedup_max,
-# key_ttl_s, then a JSON array of the user's events in order, each
+SEEN_ITEMS = 100_000  # items a process remembers having registered
+
+# One call per user and batch. KEYS: features hash, dedup zset, titles zset, text string,
+# interest zset. ARGV: window_days, category_cap, bot_limit, max_titles, dedup_window_ms,
+# dedup_max, key_ttl_s, then a JSON array of the user's events in order, each
 # [dedup digest (hex), watermark field, offset (-1: none), ts ms, minute, day, title
-# ('' = none), [[field, sub, amount], ...]] (one JSON argument is far cheaper to send
+# ('' = none), [[field, sub, amount], ...], item id, interest weight], then the interest
+# half-life (ms; 0: no decay) and item cap (one JSON argument is far cheaper to send
 # than dozens of separate ones). Returns {one status letter per event (A applied,
 # R redelivered, D duplicate id, B bot rate, O outside window), the feature hash and the
 # titles (ZRANGE WITHSCORES), each flattened into one string joined by \31, the text}.
 APPLY_LUA = r"""
-local fkey, dkey, tkey, xkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local fkey, dkey, tkey, xkey, ikey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local win, catcap, botmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxtitles, dwin = tonumber(ARGV[4]), tonumber(ARGV[5])
 local dmax, kttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local events = cjson.decode(ARGV[8])
-local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last')
+local hl, imax = tonumber(ARGV[9]), tonumber(ARGV[10])
+local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last', '_ia')
+local anchor = tonumber(meta[5])
+local oldanchor, rescale, iadds, interested = anchor, 1, {}, false
 local dx = tonumber(meta[1]) or -1
 local olddx = dx
 local rm, rn = tonumber(meta[2]) or -1, tonumber(meta[3]) or 0
@@ -124,6 +146,20 @@ for e, ev in ipairs(events) do
         if ts > last then last = ts end
         if day > dx then dx = day end
         status[e] = 'A'
+        local w = ev[10]
+        if w > 0 and imax > 0 then
+          if anchor == nil then anchor = ts end
+          local x = 0
+          if hl > 0 then x = (ts - anchor) / hl end
+          if x > 60 then  -- re-anchor at ts: every weight so far times 2^-x
+            local f = 2 ^ (-x)
+            rescale = rescale * f
+            for item, aw in pairs(iadds) do iadds[item] = aw * f end
+            anchor, x = ts, 0
+          end
+          iadds[ev[9]] = (iadds[ev[9]] or 0) + w * 2 ^ x
+          interested = true
+        end
       end
     end
   end
@@ -149,8 +185,25 @@ for wmf, off in pairs(wms) do
   fields[#fields + 1] = wmf
   fields[#fields + 1] = string.format('%d', off)
 end
+if interested then
+  fields[#fields + 1] = '_ia'
+  fields[#fields + 1] = string.format('%d', anchor)
+end
 redis.call('HSET', fkey, unpack(fields))
 redis.call('EXPIRE', fkey, kttl)
+if interested then
+  if rescale ~= 1 then
+    local old = redis.call('ZRANGE', ikey, 0, -1, 'WITHSCORES')
+    for j = 1, #old, 2 do
+      local aw = tonumber(old[j + 1]) * rescale
+      if aw > 0 then redis.call('ZADD', ikey, aw, old[j]) else redis.call('ZREM', ikey, old[j]) end
+    end
+  end
+  for item, aw in pairs(iadds) do redis.call('ZINCRBY', ikey, aw, item) end
+  local over = redis.call('ZCARD', ikey) - imax
+  if over > 0 then redis.call('ZPOPMIN', ikey, over) end
+  redis.call('EXPIRE', ikey, kttl)
+end
 if deduped then
   local ref = math.max(newest, last)
   redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. string.format('%d', ref - dwin))
@@ -182,6 +235,8 @@ class PendingEvent:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    item_id: str = ""
+    weight: float = 0.0  # the event's weight in the user's interest state (0: none)
 
 
 @dataclass
@@ -252,20 +307,25 @@ class FeatureStore:
         self.keys = Keys(settings.redis.key_prefix)
         self._apply = client.register_script(APPLY_LUA)
         self._loaded = False
+        self._half_life_ms = int(settings.interest.half_life_days * 86_400_000)
+        self._new_items: dict[str, tuple[str, str]] = {}
+        self._seen_items: OrderedDict[str, None] = OrderedDict()
 
     def user_keys(self, user_id: str) -> list[str]:
         k = self.keys
-        return [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id)]
+        return [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id),
+                k.interest(user_id)]
 
     def _args(self, events: Sequence[PendingEvent]) -> list[str | int]:
         cfg = self.cfg
         payload = [[dedup_member(ev.event_id).hex(), watermark_field(ev.topic, ev.partition),
                     ev.offset, ev.inc.ts_ms, ev.inc.minute, ev.inc.day, ev.inc.title or "",
-                    ev.inc.adds] for ev in events]
+                    ev.inc.adds, ev.item_id, ev.weight] for ev in events]
         return [max(cfg.windows_days), cfg.max_categories_per_day,
                 cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
                 cfg.dedup_max_per_user, int(cfg.user_ttl_days * 86_400),
-                json.dumps(payload, ensure_ascii=False, separators=(",", ":"))]
+                json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+                self._half_life_ms, self.settings.interest.max_items]
 
     def apply(self, by_user: dict[str, list[PendingEvent]]) -> dict[str, UserResult]:
         """Apply every user's events (one script call per user, pipelined by chunk).
@@ -315,7 +375,7 @@ class FeatureStore:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            commands = [("EVALSHA", self._apply.sha, 4, *self.user_keys(uid),
+            commands = [("EVALSHA", self._apply.sha, 5, *self.user_keys(uid),
                          *self._args(by_user[uid])) for uid in users]
             conn.send_packed_command(conn.pack_commands(commands))
         except BaseException:
@@ -347,10 +407,32 @@ class FeatureStore:
             results.update(self.apply({uid: inflight.by_user[uid] for uid in missing}))
         return results
 
+    def note_item(self, item_id: str, title: str | None, category: str | None) -> None:
+        """Remember an item seen with a text; the next ``store_texts`` registers it (once per
+        process, ``SEEN_ITEMS`` most recent items) before it marks any user dirty."""
+        if item_id in self._seen_items or item_id in self._new_items:
+            return
+        self._new_items[item_id] = (title or "", category or "")
+
+    def _register_items(self, pipe: Any, now_ms: int) -> None:
+        if not self._new_items:
+            return
+        for item_id, (title, category) in self._new_items.items():
+            key = self.keys.item(item_id)
+            if title:
+                pipe.hsetnx(key, "title", title)
+            if category:
+                pipe.hsetnx(key, "category", category)
+            self._seen_items[item_id] = None
+        pipe.zadd(self.keys.items_dirty(), dict.fromkeys(self._new_items, now_ms), nx=True)
+        self._new_items = {}
+        while len(self._seen_items) > SEEN_ITEMS:
+            self._seen_items.popitem(last=False)
+
     def store_texts(self, updates: Iterable[tuple[str, str, bool]],
                     rfm: dict[str, Rfm] | None = None) -> int:
-        """Write RFM inputs and changed texts, then mark users dirty; returns how many were
-        marked.
+        """Register new items (``note_item``), write RFM inputs and changed texts, then mark
+        users dirty; returns how many were marked.
 
         ``rfm`` holds the users' ``Rfm`` to publish (``Keys.rfm``, with the user TTL).
         ``updates`` holds ``(user_id, text, mark)``: the text is written (with the user
@@ -361,9 +443,10 @@ class FeatureStore:
         now_ms = int(time.time() * 1000)
         ttl = int(self.cfg.user_ttl_days * 86_400)
         marked = [(uid, text) for uid, text, mark in updates if mark]
-        if not marked and not rfm:
+        if not marked and not rfm and not self._new_items:
             return 0
         pipe = self.client.pipeline(transaction=False)
+        self._register_items(pipe, now_ms)
         for uid, values in (rfm or {}).items():
             pipe.hset(self.keys.rfm(uid), mapping=values.to_fields())
             pipe.expire(self.keys.rfm(uid), ttl)
@@ -371,7 +454,8 @@ class FeatureStore:
             pipe.execute()
             return 0
         for uid, text in marked:
-            pipe.set(self.keys.text(uid), text.encode(), ex=ttl)
+            if text:  # '' = the text did not change: only the mark
+                pipe.set(self.keys.text(uid), text.encode(), ex=ttl)
         pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
         pipe.execute()
         return len(marked)
@@ -390,6 +474,12 @@ class FeatureStore:
         state = parse_state(((k.decode(), v.decode()) for k, v in raw_hash.items()),
                             ((t.decode(), score) for t, score in titles))
         return state, text.decode() if text is not None else None
+
+    def read_interest(self, user_id: str) -> dict[str, float]:
+        """A user's interest state: item → anchored weight (empty for an unknown user)."""
+        raw = cast(list[tuple[bytes, float]], self.client.zrange(
+            self.keys.interest(user_id), 0, -1, withscores=True))
+        return {item.decode(): float(w) for item, w in raw}
 
     def dirty_count(self) -> int:
         return int(self.client.zcard(self.keys.dirty()))

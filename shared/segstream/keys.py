@@ -22,8 +22,12 @@ key                    type    contents
 ``text(uid)``          string  ingest → encoder, rollout: the feature text
 ``rfm(uid)``           hash    ingest → segmenter, ``segstream user``: the RFM inputs
                                (fields in ``segstream.features.Rfm``)
-``emb(uid)``           hash    encoder → segmenter: vec (float16), model_version,
-                               text_hash, encoded_ms, fence
+``interest(uid)``      zset    ingest → encoder: item → anchored weight (the user's
+                               interest state, see ``feature_store``)
+``emb(uid)``           hash    encoder → segmenter: vec (float16, the views combined),
+                               model_version, vec_hash, encoded_ms, fence,
+                               interest_ms, interest_items, interest_missing; the text
+                               view: text_vec, text_hash, text_model, text_ms
 ``emb_next(uid)``      hash    rollout: the vector under the model being rolled out
 ``emb_prev(uid)``      hash    rollout: the vector under the previous model (rollback)
 ``emb_swap(uid)``      hash    rollout: scratch key while swapping two vectors
@@ -34,6 +38,9 @@ key                    type    contents
 ``claim_meta()``       hash    encoder: user → ``<token>|<dirty ms>``
 ``fence()``            string  encoder: the claim fence counter
 ``embedded()``         stream  encoder → segmenter (``segstream.stream_entry``)
+``items_dirty()``      zset    ingest, ``items load`` → encoder: items to embed (ms)
+``text_due()``         zset    encoder: users whose feature text awaits embedding
+                               (score: when it may be embedded, ms)
 ``seg_state()``        hash    segmenter, rollout: model, rev, version, applied
 ``seg_catalog()``      hash    segmenter, rollout → ``segstream segments``
 ``seg_lock()``         string  the lease serialising segmenter state writers
@@ -46,6 +53,12 @@ key                    type    contents
 ``model_prev_ids()``   hash    rollout: user → segment id before the last switch
 ``cache_vector(m, h)`` string  encoder: cached vector of text hash ``h`` under model ``m``
 ``cache_seen(m, h)``   string  encoder: marker that text ``h`` was seen once
+``item(i)``            hash    ingest, ``items load`` → encoder: title, category,
+                               description of item ``i`` (first text seen wins)
+``item_vec(m, i)``     string  encoder: item ``i``'s vector under model ``m`` (float16;
+                               empty: rejected, NaN or zero)
+``item_center(m)``     hash    encoder: per worker, count + sum of its item vectors
+                               under model ``m`` (the catalogue centre)
 =====================  ======  =====================================================
 """
 
@@ -99,6 +112,9 @@ class Keys:
     def emb_swap(self, user_id: str) -> str:
         return self._user(user_id, "emb_swap")
 
+    def interest(self, user_id: str) -> str:
+        return self._user(user_id, "i")
+
     def seg(self, user_id: str) -> str:
         return self._user(user_id, "seg")
 
@@ -132,6 +148,12 @@ class Keys:
 
     def embedded(self) -> str:
         return self._queue("embedded")
+
+    def items_dirty(self) -> str:
+        return self._queue("items")
+
+    def text_due(self) -> str:
+        return self._queue("text_due")
 
     # ---------------------------------------------------------------- segmenter
     def seg_state(self) -> str:
@@ -167,3 +189,12 @@ class Keys:
 
     def cache_seen(self, model_version: str, text_hash: str) -> str:
         return self._alone(f"es:{model_version}:{text_hash}")
+
+    def item(self, item_id: str) -> str:
+        return self._alone(f"item:{item_id}")
+
+    def item_vec(self, model_version: str, item_id: str) -> str:
+        return self._alone(f"iv:{model_version}:{item_id}")
+
+    def item_center(self, model_version: str) -> str:
+        return self._alone(f"ic:{model_version}")

@@ -1,6 +1,8 @@
 """The encoder service against the real Redis and the real model.
 
-Texts and dirty marks are written per the ``Keys`` contract, exactly as ingest does.
+Texts, interest states, items and dirty marks are written per the ``Keys`` contract,
+exactly as ingest does. The text-view tests run the encoder with the text view alone
+(``text_only``); the claim tests use the interest path (``interest_users``).
 """
 
 from __future__ import annotations
@@ -37,11 +39,36 @@ def encoder() -> Encoder:
     return Encoder()
 
 
-def configured(infra: Settings, prefix: str, **encoder: object) -> Settings:
+TEXT_ONLY = {"view_weights": {"interest": 0.0, "text": 1.0}}
+
+
+def configured(infra: Settings, prefix: str, interest: dict[str, object] | None = None,
+               **encoder: object) -> Settings:
+    """The text view alone, embedded as soon as it changes, unless ``interest`` says."""
     return infra.model_copy(update={
         "redis": infra.redis.model_copy(update={"key_prefix": prefix}),
-        "encoder": infra.encoder.model_copy(update={"metrics_port": 0, **encoder}),
+        "encoder": infra.encoder.model_copy(update={"metrics_port": 0,
+                                                    "text_min_interval_s": 0, **encoder}),
+        "interest": infra.interest.model_copy(update=interest or TEXT_ONLY),
     })
+
+
+def interest_users(client: redis.Redis, keys: Keys, users: dict[str, dict[str, float]]
+                   ) -> Counter[str]:
+    """Write interest states (item → weight; items get a title) and dirty marks like
+    ingest; returns the new marks per user."""
+    pipe = client.pipeline(transaction=False)
+    now = time.time_ns() // 1_000_000
+    for uid, state in users.items():
+        for item in state:
+            pipe.hsetnx(keys.item(item), "title", f"{item.replace('-', ' ')} gift set")
+        pipe.delete(keys.interest(uid))
+        pipe.zadd(keys.interest(uid), state)
+    pipe.execute()
+    for uid in users:
+        pipe.zadd(keys.dirty(), {uid: now}, nx=True)
+    added = pipe.execute()
+    return Counter(uid for uid, new in zip(users, added, strict=True) if new)
 
 
 def mark(client: redis.Redis, keys: Keys, users: dict[str, str]) -> Counter[str]:
@@ -66,9 +93,11 @@ def drain(worker: EncoderWorker, timeout_s: float = 60.0) -> list[BatchReport]:
 
     def empty() -> bool:
         result = worker.step()
+        worker.text_step()
         if isinstance(result, BatchReport):
             reports.append(result)
-        return client.zcard(keys.dirty()) + client.zcard(keys.claims()) == 0
+        return client.zcard(keys.dirty()) + client.zcard(keys.claims()) + \
+            client.zcard(keys.text_due()) == 0
 
     wait_until(empty, timeout_s=timeout_s, interval_s=0.05, what="an empty queue")
     return reports
@@ -171,8 +200,8 @@ def test_claims_skip_users_held_by_live_claims(redis_conn: redis.Redis, unique: 
     assert a.complete(held.token, done) == (0, 1)
     assert [u for u, _ in b.claim(10, 0, 60_000).users] == ["x"]
     # a write fenced by an older claim never overwrites a newer one
-    assert b.write_embeddings(got.fence, [("z", b"new", "m", "h2", 2)]) == 0
-    assert a.write_embeddings(held.fence, [("z", b"old", "m", "h1", 1)]) == 1
+    assert b.write_embeddings(got.fence, [("z", {"vec": b"new", "vec_hash": "h2"})]) == 0
+    assert a.write_embeddings(held.fence, [("z", {"vec": b"old", "vec_hash": "h1"})]) == 1
     assert redis_conn.hget(keys.emb("z"), "vec") == b"new"
     assert redis_conn.xlen(keys.embedded()) == 1
 
@@ -188,8 +217,8 @@ def procs() -> Iterator[list[subprocess.Popen]]:
 
 
 def spawn_worker(procs: list[subprocess.Popen], prefix: str, log: Path,
-                 **encoder: object) -> subprocess.Popen:
-    env = {**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": prefix,
+                 env: dict[str, str] | None = None, **encoder: object) -> subprocess.Popen:
+    env = {**os.environ, **(env or {}), "SEGSTREAM_REDIS__KEY_PREFIX": prefix,
            "SEGSTREAM_ENCODER__METRICS_PORT": "0", "SEGSTREAM_ENCODER__TORCH_THREADS": "1",
            **{f"SEGSTREAM_ENCODER__{k.upper()}": str(v) for k, v in encoder.items()}}
     p = subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run", "encoder"],
@@ -199,14 +228,36 @@ def spawn_worker(procs: list[subprocess.Popen], prefix: str, log: Path,
     return p
 
 
+INTEREST_NO_CENTER = {"view_weights": {"interest": 1.0, "text": 0.0}, "center_items": False}
+
+
+def interest_env() -> dict[str, str]:
+    return {"SEGSTREAM_INTEREST__VIEW_WEIGHTS": '{"interest": 1.0, "text": 0.0}',
+            "SEGSTREAM_INTEREST__CENTER_ITEMS": "false"}
+
+
+def state_for(uid: str, version: int = 0, items: int = 5) -> dict[str, float]:
+    """A user's interest state on ``items`` items of their own (new ones per version)."""
+    return {f"{uid}-item-{version}-{j}": 1.0 + j for j in range(items)}
+
+
+def expected_vector(client: redis.Redis, keys: Keys, version: str, state: dict[str, float]
+                    ) -> np.ndarray:
+    rows = [vec_from_bytes(client.get(keys.item_vec(version, i))) for i in state]
+    rows = [r / np.linalg.norm(r) for r in rows]
+    v = np.asarray(list(state.values())) @ np.asarray(rows)
+    return v / np.linalg.norm(v)
+
+
 def test_killed_worker_claims_are_encoded_by_another(
         infra: Settings, redis_conn: redis.Redis, unique: str, encoder: Encoder,
         procs: list[subprocess.Popen], tmp_path: Path) -> None:
     keys = Keys(unique)
-    users = {f"k-{i}": text_for(f"k-{i}") for i in range(100)}
-    mark(redis_conn, keys, users)
+    # 500 items that no one embedded yet: the victim embeds them inside its claim
+    users = {f"k-{i}": state_for(f"k-{i}") for i in range(100)}
+    interest_users(redis_conn, keys, users)
     victim = spawn_worker(procs, unique, tmp_path / "victim.log", claim_batch=100,
-                          lease_s=2, max_wait_ms=0, dtype="float32")
+                          lease_s=2, max_wait_ms=0, dtype="float32", env=interest_env())
     wait_until(lambda: redis_conn.zcard(keys.claims()) == 100, timeout_s=90,
                what="the victim to claim every user")
     victim.send_signal(signal.SIGKILL)
@@ -216,38 +267,43 @@ def test_killed_worker_claims_are_encoded_by_another(
     assert len(holders) == 1 and f"-{victim.pid}-" in holders.pop()
     assert redis_conn.xlen(keys.embedded()) == 0 and redis_conn.zcard(keys.dirty()) == 0
 
-    rescuer = EncoderWorker(configured(infra, unique, claim_batch=64, lease_s=30,
-                                       max_wait_ms=0), encoder=encoder, client=redis_conn)
+    rescuer = EncoderWorker(configured(infra, unique, INTEREST_NO_CENTER, claim_batch=64,
+                                       lease_s=30, max_wait_ms=0),
+                            encoder=encoder, client=redis_conn)
     drain(rescuer, timeout_s=60)
     assert rescuer.metrics.reclaimed._value.get() == 100
     assert stream_users(redis_conn, keys) == Counter(users.keys())  # each exactly once
-    assert all(redis_conn.hget(keys.emb(u), "text_hash") == text_hash(t).encode()
-               for u, t in users.items())
+    version = encoder.model_version
+    for uid, state in users.items():
+        vec = vec_from_bytes(redis_conn.hget(keys.emb(uid), "vec"))
+        assert np.allclose(vec, expected_vector(redis_conn, keys, version, state), atol=2e-3)
 
 
 def test_two_workers_encode_every_dirty_mark_exactly_once(
-        infra: Settings, redis_conn: redis.Redis, unique: str,
+        infra: Settings, redis_conn: redis.Redis, unique: str, encoder: Encoder,
         procs: list[subprocess.Popen], tmp_path: Path) -> None:
     keys = Keys(unique)
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-    workers = [spawn_worker(procs, unique, log, claim_batch=8, max_wait_ms=20)
-               for log in logs]
+    workers = [spawn_worker(procs, unique, log, claim_batch=8, max_wait_ms=20,
+                            env=interest_env()) for log in logs]
     wait_until(lambda: all("encoder running" in log.read_text() for log in logs), timeout_s=90,
                what="both workers to be ready")
-    latest = {f"t-{i}": text_for(f"t-{i}") for i in range(90)}
-    marks = mark(redis_conn, keys, latest)
-    for version in (1, 2, 3):  # change texts while the workers are busy
+    latest = {f"t-{i}": state_for(f"t-{i}", items=2) for i in range(90)}
+    marks = interest_users(redis_conn, keys, latest)
+    for version in (1, 2, 3):  # change interests while the workers are busy
         time.sleep(0.3)
-        changed = {u: text_for(u, version) for u in list(latest)[version * 10:]}
+        changed = {u: state_for(u, version, items=2) for u in list(latest)[version * 10:]}
         latest.update(changed)
-        marks += mark(redis_conn, keys, changed)
+        marks += interest_users(redis_conn, keys, changed)
     total = sum(marks.values())
     wait_until(lambda: redis_conn.xlen(keys.embedded()) >= total
                and redis_conn.zcard(keys.dirty()) + redis_conn.zcard(keys.claims()) == 0,
                timeout_s=90, what="every mark to be encoded")
     assert stream_users(redis_conn, keys) == marks
-    assert all(redis_conn.hget(keys.emb(u), "text_hash") == text_hash(t).encode()
-               for u, t in latest.items())
+    version_ = encoder.model_version
+    for uid, state in latest.items():
+        vec = vec_from_bytes(redis_conn.hget(keys.emb(uid), "vec"))
+        assert np.allclose(vec, expected_vector(redis_conn, keys, version_, state), atol=2e-3)
 
     for w in workers:
         w.send_signal(signal.SIGTERM)

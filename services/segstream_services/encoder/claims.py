@@ -108,8 +108,7 @@ return {done, lost}
 EMB_WRITE = """
 local cur = redis.call('HGET', KEYS[1], 'fence')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'vec', ARGV[2], 'model_version', ARGV[3], 'text_hash', ARGV[4],
-           'encoded_ms', ARGV[5], 'fence', ARGV[1])
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], unpack(ARGV, 2))
 return 1
 """
 
@@ -145,14 +144,15 @@ class ClaimQueue:
         users = [(raw[i].decode(), int(float(raw[i + 1]))) for i in range(3, len(raw), 2)]
         return Claim(fence, f"{self.worker_id}:{fence}", users, reclaimed, wait_ms)
 
-    def write_embeddings(self, fence: int, rows: list[tuple[str, bytes, str, str, int]]
-                         ) -> int:
-        """Store (user, vec bytes, model_version, text_hash, encoded_ms) rows unless a
-        newer claim already wrote that user; returns how many writes a newer one blocked."""
+    def write_embeddings(self, fence: int,
+                         rows: list[tuple[str, dict[str, bytes | str | int]]]) -> int:
+        """Store (user, {field: value}) rows into the users' ``emb`` hashes (e.g. ``vec``,
+        ``model_version``, ``vec_hash``, ``encoded_ms``) unless a newer claim already wrote
+        that user; returns how many writes a newer one blocked."""
         calls = redis_scripts.ScriptCalls(self.client)
-        for uid, vec, version, thash, encoded_ms in rows:
+        for uid, fields in rows:
             calls.add(self._emb_write, [self.keys.emb(uid)],
-                      [fence, vec, version, thash, encoded_ms])
+                      [fence, *(part for item in fields.items() for part in item)])
         return sum(1 for ok in calls.execute() if not ok)
 
     def complete(self, token: str, entries: list[EmbeddedEntry],

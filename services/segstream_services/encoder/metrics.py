@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from segstream.metrics import ServiceMetrics
 
-# Where each claimed user's vector came from, or why it got none; ``lost_claim`` (the
-# lease ran out before completion, another worker redoes the user) is counted in addition.
-OUTCOMES = ("encoded", "cache", "unchanged", "missing_text", "lost_claim")
+# What happened to each claimed user: a new vector, the same vector as stored, or none
+# (``no_vector``: no view yet; ``missing_text``: no text and no interest view);
+# ``interest_*`` (why the interest view is missing: no embedded item, NaN, zero) and
+# ``lost_claim`` (the lease ran out before completion, another worker redoes the user)
+# are counted in addition.
+OUTCOMES = ("vector", "unchanged", "no_vector", "missing_text", "interest_no_items",
+            "interest_nan", "interest_zero", "lost_claim")
+# What happened to items: embedded (first under a model), no title/category (left out of
+# interest vectors), rejected (an embedding that is NaN, zero or misshapen).
+ITEM_OUTCOMES = ("item_embedded", "item_no_text", "item_rejected_nan", "item_rejected_zero",
+                 "item_rejected_shape")
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -25,9 +33,13 @@ class EncoderMetrics:
             "encoder_batch_seconds", "Claim-to-complete time per micro-batch.",
             SECONDS_BUCKETS)
         self.texts_encoded = m.counter(
-            "encoder_texts_encoded_total", "Distinct texts run through the model.")
+            "encoder_texts_encoded_total", "Distinct feature texts run through the model "
+            "(the text view).")
         self.users = m.counter(
             "encoder_users_total", "Claimed users by outcome.", {"outcome": OUTCOMES})
+        self.items = m.counter(
+            "encoder_items_total", "Items by outcome (interest path).",
+            {"outcome": ITEM_OUTCOMES})
         self.cache_hits = m.counter(
             "encoder_cache_hits_total",
             "User texts served from the text cache (Redis or the same micro-batch).")

@@ -1,12 +1,19 @@
-"""The encoder worker: claim dirty users, embed their feature texts, hand them on.
+"""The encoder worker: claim dirty users, compute their vectors from their views, hand
+them on.
 
-One micro-batch: claim up to ``claim_batch`` users (size or max-wait trigger, see
-``claims``), read their texts and current embeddings, reuse the vector when the text is
-unchanged, dedupe identical texts, look the rest up in the text cache (which admits a
-vector once its text recurs, see ``cache``), run the model on the misses only, write each
-user's embedding (fenced), then complete the claims — which appends one ``embedded``
-stream entry per user for the segmenter. Any number of workers
-can run side by side; a killed worker's claims return to the queue when their lease ends.
+One loop iteration: embed queued items (``items``: each item's text once per model
+version, in micro-batches), then claim up to ``claim_batch`` users (size or max-wait
+trigger, see ``claims``) and compute each user's vector **without a transformer pass on
+their text**: the interest view from their interest state and the item vectors (items a
+user needs that have a text but no vector yet are embedded right there), the text view
+as last embedded, combined as ``views`` documents (weights ``interest.view_weights``).
+Each changed vector is written (fenced, with its ``vec_hash``), then the claims complete,
+which appends one ``embedded`` stream entry per user for the segmenter. A user whose
+feature text changed is queued for the text view (``textview``: coalesced, at most once
+per ``text_min_interval_s``); at most ``text_batch`` texts are embedded between two
+claims, so the text view never holds up the interest path, and with a text weight of 0
+no feature text is embedded at all. Any number of workers can run side by side; a killed
+worker's claims return to the queue when their lease ends.
 
 Commit order (the crash points of ``segstream.crashpoints``): 1. claim (a Lua call:
 users move from ``dirty`` to ``claims``); 2. write the embeddings (fenced); 3. complete
@@ -18,6 +25,7 @@ stream is over ``stream_maxlen`` the worker claims nothing (back-pressure, never
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -31,15 +39,19 @@ import numpy as np
 import redis
 
 from segstream import crashpoints
-from segstream.config import Settings
-from segstream.encoding import Encoder, text_hash, vec_to_bytes
+from segstream.config import Settings, ViewName
+from segstream.encoding import Encoder, text_hash, vec_from_bytes, vec_to_bytes
 from segstream.errors import InfraError
 from segstream.keys import Keys
 from segstream.redis_io import check_redis, redis_client
 from segstream.stream_entry import EmbeddedEntry
 from segstream_services.encoder.cache import EmbeddingCache
 from segstream_services.encoder.claims import Claim, ClaimQueue
+from segstream_services.encoder.items import ItemVectors
+from segstream_services.encoder.language import language_warning
 from segstream_services.encoder.metrics import EncoderMetrics
+from segstream_services.encoder.textview import TextView
+from segstream_services.encoder.views import active_views, combine, interest_vector
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +77,10 @@ class EncoderWorker:
     def __init__(self, settings: Settings, encoder: Encoder | None = None,
                  client: redis.Redis | None = None, metrics: EncoderMetrics | None = None,
                  worker_id: str | None = None) -> None:
+        self.settings = settings
         self.cfg = settings.encoder
+        self.weights = dict(settings.interest.view_weights)
+        self.views = active_views(self.weights)
         self.keys = Keys(settings.redis.key_prefix)
         self.client = client or redis_client(settings.redis)
         check_redis(self.client)
@@ -77,6 +92,10 @@ class EncoderWorker:
         self.metrics = metrics or EncoderMetrics()
         self.metrics.set_device(str(self.encoder.device), self.encoder.dtype_name,
                                 self.encoder.model_version)
+        self._make_views()
+        warning = language_warning(self.encoder.path, settings.ingest.text_language)
+        if warning:
+            log.warning("%s", warning)
         self.totals: Counter[str] = Counter()
         self._depth_at = 0.0
         self._stream_at = 0.0
@@ -98,15 +117,25 @@ class EncoderWorker:
         if self.cache is not None:
             self.cache = EmbeddingCache(self.client, self.keys, encoder.model_version,
                                         self.cfg.cache_ttl_s)
+        self._make_views()
         self.metrics.device.clear()
         self.metrics.set_device(str(encoder.device), encoder.dtype_name, encoder.model_version)
 
+    def _make_views(self) -> None:
+        """Item vectors and the text view under the current encoder."""
+        self.items = ItemVectors(self.client, self.keys, self.settings, self.encoder,
+                                 self.worker_id)
+        self.text = TextView(self.client, self.keys, self.encoder, self.cache,
+                             self.cfg.text_min_interval_s, self.cfg.text_batch)
+
     def step(self) -> BatchReport | Claim:
-        """Try one claim; process it if it got users. Returns the report, or the empty
-        claim (with its wait hint) when no trigger fired."""
+        """Embed queued items, then try one claim; process it if it got users. Returns the
+        report, or the empty claim (with its wait hint) when no trigger fired."""
         self.watcher.check(self)
         if self.stream_full():
             return Claim(0, "", wait_ms=self.cfg.idle_poll_ms)
+        if "interest" in self.views:
+            self.items.drain()
         crashpoints.reached("encoder", 1)
         claim = self.queue.claim(self.cfg.claim_batch, self.cfg.max_wait_ms,
                                  int(self.cfg.lease_s * 1000))
@@ -118,49 +147,70 @@ class EncoderWorker:
         return self.process(claim)
 
     def process(self, claim: Claim) -> BatchReport:
-        """Embed the claimed users, store them and complete the claim."""
+        """Compute the claimed users' vectors from their views, store the changed ones and
+        complete the claim (see the module docstring)."""
         started = time.perf_counter()
         report = BatchReport(users=len(claim.users))
-        uids = [uid for uid, _ in claim.users]
+        use_interest, use_text = "interest" in self.views, "text" in self.views
         pipe = self.client.pipeline(transaction=False)
-        for uid in uids:
+        for uid, _ in claim.users:
+            pipe.zrange(self.keys.interest(uid), 0, -1, withscores=True)
             pipe.get(self.keys.text(uid))
-            pipe.hmget(self.keys.emb(uid), "model_version", "text_hash")
+            pipe.hmget(self.keys.emb(uid), _EMB_READ)
         replies = pipe.execute()
+        states = [{i.decode(): float(w) for i, w in replies[3 * n]} if use_interest else {}
+                  for n in range(len(claim.users))]
+        vectors = self.items.vectors({i for st in states for i in st}) if use_interest else {}
+        center = self.items.center() if use_interest else None
         version = self.encoder.model_version
-        hashes: dict[str, str] = {}  # uid → text hash, for users whose vector we store
-        texts: dict[str, str] = {}  # text hash → text, distinct texts needing a vector
+        now = _now_ms()
+        rows: list[tuple[str, dict[str, bytes | str | int]]] = []
         done: list[EmbeddedEntry] = []
-        no_text: list[str] = []
-        for i, (uid, dirty_ms) in enumerate(claim.users):
-            raw, (old_version, old_hash) = replies[2 * i], replies[2 * i + 1]
-            if raw is None:
-                report.outcomes["missing_text"] += 1
-                no_text.append(uid)
+        release: list[str] = []
+        due: dict[str, int] = {}
+        for n, (uid, dirty_ms) in enumerate(claim.users):
+            text = replies[3 * n + 1]
+            old_model, old_hash, text_hash_, text_model, text_ms, text_vec = (
+                v.decode() if v is not None and k != "text_vec" else v
+                for k, v in zip(_EMB_READ, replies[3 * n + 2], strict=True))
+            views: dict[ViewName, np.ndarray | None] = {}
+            fields: dict[str, bytes | str | int] = {}
+            if use_interest:
+                iv, outcome, used = interest_vector(states[n], vectors, center)
+                if iv is None:
+                    report.outcomes[f"interest_{outcome}"] += 1
+                views["interest"] = iv
+                fields.update(interest_ms=now if iv is not None else 0, interest_items=used,
+                              interest_missing=len(states[n]) - used)
+            if use_text:
+                current = text_model == version and text_vec
+                views["text"] = vec_from_bytes(text_vec) if current else None
+                if text is not None and (not current or text_hash_ != text_hash(
+                        text.decode("utf-8", errors="replace"))):
+                    due[uid] = self.text.due_at(int(text_ms) if text_ms else None, now)
+            vec = combine(views, self.weights, self.encoder.dim)
+            if vec is None:
+                report.outcomes["no_vector" if text is not None or use_interest
+                                else "missing_text"] += 1
+                release.append(uid)
                 continue
-            text = raw.decode("utf-8", errors="replace")
-            thash = text_hash(text)
-            if old_version == version.encode() and old_hash == thash.encode():
+            data = vec_to_bytes(vec)
+            vhash = hashlib.blake2b(data, digest_size=8).hexdigest()
+            th = (text_hash_ or "") if current_text(views) else ""
+            if old_model == version and old_hash == vhash:
                 report.outcomes["unchanged"] += 1
-                done.append(EmbeddedEntry(uid, version, thash, dirty_ms, _now_ms()))
-                continue
-            hashes[uid] = thash
-            texts.setdefault(thash, text)
-        vectors = self._vectors(texts, Counter(hashes.values()), report)
-        encoded_ms = _now_ms()
-        rows = [(uid, vec_to_bytes(vectors[h]), version, h, encoded_ms)
-                for uid, h in hashes.items()]
+            else:
+                report.outcomes["vector"] += 1
+                rows.append((uid, {"vec": data, "model_version": version, "vec_hash": vhash,
+                                   "encoded_ms": now, **fields}))
+            done.append(EmbeddedEntry(uid, version, th, dirty_ms, now))
         crashpoints.reached("encoder", 2)
         stale = self.queue.write_embeddings(claim.fence, rows) if rows else 0
         if stale:
             self.metrics.stale_writes.inc(stale)
-        marks = dict(claim.users)
-        done += [EmbeddedEntry(uid, version, h, marks[uid], encoded_ms)
-                 for uid, h in hashes.items()]
-        report.outcomes["cache"] += len(hashes) - report.texts_encoded
-        report.outcomes["encoded"] += report.texts_encoded
+        self.text.queue(due)
         crashpoints.reached("encoder", 3)
-        appended, lost = self.queue.complete(claim.token, done, no_text)
+        appended, lost = self.queue.complete(claim.token, done, release)
         self._stream_len += appended  # counted until the next XLEN (see ``stream_full``)
         if lost:
             report.outcomes["lost_claim"] += lost
@@ -170,38 +220,41 @@ class EncoderWorker:
         self._account(report)
         return report
 
-    def _vectors(self, texts: dict[str, str], users: Counter[str], report: BatchReport
-                 ) -> dict[str, np.ndarray]:
-        found = self.cache.get_many(list(texts)) if self.cache else {}
-        missing = [h for h in texts if h not in found]
-        if missing:
-            t0 = time.perf_counter()
-            encoded = self.encoder.encode([texts[h] for h in missing])
+    def text_step(self) -> int:
+        """Embed up to ``text_batch`` due feature texts (the text view); returns how many."""
+        if "text" not in self.views:
+            return 0
+        t0 = time.perf_counter()
+        before = self.text.counts["text_encoded"]
+        n = self.text.step()
+        if n:
+            encoded = self.text.counts["text_encoded"] - before
             self.metrics.encode_seconds.observe(time.perf_counter() - t0)
-            fresh = dict(zip(missing, encoded, strict=True))
-            if self.cache:
-                self.cache.put_many(fresh, users)
-            found.update(fresh)
-        report.texts_encoded = len(missing)
-        return found
+            self.metrics.texts_encoded.inc(encoded)
+            self.metrics.cache_misses.inc(encoded)
+            self.metrics.cache_hits.inc(n - encoded)
+            self.totals.update(texts_encoded=encoded, encoded=encoded, cache=n - encoded)
+        return n
 
     def _account(self, report: BatchReport) -> None:
         m = self.metrics
         m.batch_size.observe(report.users)
         m.batch_seconds.observe(report.seconds)
-        m.texts_encoded.inc(report.texts_encoded)
-        m.cache_hits.inc(report.outcomes["cache"])
-        m.cache_misses.inc(report.outcomes["encoded"])
         for outcome, n in report.outcomes.items():
             m.users.labels(outcome=outcome).inc(n)
+        for what, n in self.items.counts.items():
+            m.items.labels(outcome=what).inc(n)
+        self.totals.update(self.items.counts)
+        self.items.counts.clear()
         self.totals.update(report.outcomes)
         self.totals["batches"] += 1
-        self.totals["texts_encoded"] += report.texts_encoded
 
     def stream_full(self, every_s: float = 1.0) -> bool:
         """Back-pressure: True while the ``embedded`` stream holds ``stream_maxlen`` entries
-        or more (looked up at most once per ``every_s``); the worker then claims nothing
-        and users wait, coalesced, in the dirty queue until the segmenter catches up."""
+        or more (XLEN at most once per ``every_s``, plus the entries this worker appended
+        since, so one worker overshoots by less than one batch); the worker then claims
+        nothing and users wait, coalesced, in the dirty queue until the segmenter catches
+        up."""
         if time.monotonic() - self._stream_at >= every_s:
             self._stream_at = time.monotonic()
             self._stream_len = self.queue.stream_length()
@@ -244,6 +297,7 @@ class EncoderWorker:
         while not stop.is_set():
             try:
                 result = self.step()
+                texts = self.text_step()
                 self.update_depth()
                 backoff = 0.5
                 self.problem = None
@@ -254,14 +308,17 @@ class EncoderWorker:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
+            if texts:
+                idle_since = time.monotonic()
             if isinstance(result, BatchReport):
                 idle_since = time.monotonic()
-                log.debug("batch: %d users, %d encoded, %.3fs", result.users,
-                          result.texts_encoded, result.seconds)
+                log.debug("batch: %d users, %.3fs", result.users, result.seconds)
                 if result.seconds > self.cfg.lease_s / 2:
                     log.warning("a batch took %.1fs, over half the %.0fs lease: lower "
                                 "encoder.claim_batch or raise encoder.lease_s",
                                 result.seconds, self.cfg.lease_s)
+            elif texts:
+                continue
             elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break
             elif result.wait_ms >= 0:
@@ -277,14 +334,20 @@ class EncoderWorker:
 
     def summary(self) -> str:
         t = self.totals
-        users = sum(t[k] for k in ("encoded", "cache", "unchanged", "missing_text"))
-        hits = t["cache"]
-        lookups = hits + t["encoded"]
-        rate = f"{hits / lookups:.1%}" if lookups else "n/a"
-        return (f"worker {self.worker_id}: {users} users in {t['batches']} batches, "
-                f"{t['texts_encoded']} texts encoded, cache hit rate {rate}, "
-                f"{t['unchanged']} unchanged, {t['missing_text']} without text, "
-                f"{t['lost_claim']} lost claims")
+        users = sum(t[k] for k in ("vector", "unchanged", "no_vector", "missing_text"))
+        return (f"worker {self.worker_id}: {users} users in {t['batches']} batches "
+                f"({t['vector']} new vectors, {t['unchanged']} unchanged, "
+                f"{t['no_vector']} without a vector), {t['item_embedded']} items embedded "
+                f"({t['item_no_text']} without text, "
+                f"{t['item_rejected_nan'] + t['item_rejected_zero']} rejected), "
+                f"{t['texts_encoded']} feature texts embedded, {t['lost_claim']} lost claims")
+
+
+def current_text(views: dict[ViewName, np.ndarray | None]) -> bool:
+    return views.get("text") is not None
+
+
+_EMB_READ = ("model_version", "vec_hash", "text_hash", "text_model", "text_ms", "text_vec")
 
 
 def _now_ms() -> int:

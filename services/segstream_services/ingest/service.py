@@ -32,6 +32,7 @@ from segstream.events import Event, parse_event
 from segstream.feature_store import FeatureStore, InFlight, PendingEvent, UserResult
 from segstream.feature_text import render
 from segstream.features import Rfm, increments, summarize, zone
+from segstream.interest import event_weight
 from segstream.kafka_client import KafkaClientError, KafkaClients, TopicPartition, kafka_clients
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.metrics import IngestMetrics
@@ -153,10 +154,12 @@ class IngestService:
            watermark and event id, bot rule, bucket increments, titles), pipelined by
            ``redis_chunk`` events, and wait until Redis acknowledged every call.
         3. Re-render the feature text of every user touched by the batch, including users
-           whose events were all duplicates; publish the RFM inputs (``features.Rfm``) of
-           users with applied or redelivered events; write the texts that changed and
-           ``ZADD NX`` those users to the dirty queue (also users with redelivered events,
-           whose mark a crash between a text write and its mark could have lost).
+           whose events were all duplicates; register items seen for the first time
+           (``FeatureStore.note_item``); publish the RFM inputs (``features.Rfm``) of
+           users with applied or redelivered events; write the texts of users whose text
+           changed or who had applied events (their interest state moved) and ``ZADD NX``
+           them to the dirty queue (also users with redelivered events, whose mark a
+           crash between a text write and its mark could have lost).
         4. Commit the offsets after the last record of each partition in the batch.
 
         A crash anywhere before 4 redelivers the batch: steps 1-3 are idempotent for the
@@ -194,7 +197,10 @@ class IngestService:
                 continue
             prepared.by_user[checked.user_id].append(PendingEvent(
                 checked.event_id, increments(checked, self.cfg), record.topic,
-                record.partition, record.offset))
+                record.partition, record.offset, checked.item_id,
+                event_weight(checked, self.settings.interest)))
+            if checked.title or checked.category:
+                self.store.note_item(checked.item_id, checked.title, checked.category)
         if dead_letters:
             self._producer.flush()
             for future in dead_letters:
@@ -226,7 +232,8 @@ class IngestService:
                     rfm[uid] = found
             changed = text != res.text
             m.texts_changed.inc(changed)
-            updates.append((uid, text, changed or "R" in res.statuses))
+            # an applied event moves the interest state even when the text stays the same
+            updates.append((uid, text, changed or "A" in res.statuses or "R" in res.statuses))
         result.users = len(results)
         result.marked = self.store.store_texts(updates, rfm)                  # step 3
         m.dirty_marks.inc(result.marked)

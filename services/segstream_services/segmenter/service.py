@@ -178,7 +178,9 @@ class SegmenterService:
             claimed = self.redis.xautoclaim(self.stream, self.s.group, self.consumer,
                                             self.s.claim_idle_ms, "0-0",
                                             count=self.s.batch_size, justid=True)
-            if claimed and claimed[1]:
+            # redis-py returns the claimed ids themselves when justid=True (an IndexError
+            # on claimed[1] used to kill the consumer taking over exactly one entry)
+            if claimed:
                 self._pending = True
         start = "0" if self._pending else ">"
         reply: Any = self.redis.xreadgroup(self.s.group, self.consumer, {self.stream: start},

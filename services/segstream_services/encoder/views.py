@@ -1,0 +1,79 @@
+"""A user's views and the vector the segmenter clusters, computed without a transformer.
+
+- **interest**: from the user's interest state (``Keys.interest``: item → anchored weight,
+  kept by ingest, see ``segstream.feature_store``) and the item vectors (``items``):
+  ``v = Σ weight_i · x̃_i`` over the items that have a vector, where ``x̃_i`` is the unit
+  item vector minus the catalogue centre, renormalised (``interest.center_items``; as
+  ``segstream.interest.InterestAggregator`` does offline), then ``v / |v|``. O(items ·
+  dimension) numpy per user. A NaN or zero result is rejected with its reason; items
+  without a vector are left out and counted (``interest.fallback = cooccurrence`` is an
+  offline rule for now: online such items are always left out, as with ``skip``).
+- **text**: the embedding of the feature text (``textview``), coalesced and rate-limited.
+- **combination**: the concatenation of the unit views each multiplied by its weight
+  (``interest.view_weights``; a view of weight 0 is left out), exactly
+  ``segstream.offline.combine_views`` for one user; a view the user does not have yet
+  counts as zeros, and a user with no view at all has no vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from segstream.config import ViewName
+from segstream.interest import EPS
+
+VIEW_ORDER: tuple[ViewName, ...] = ("interest", "text")
+
+
+def interest_vector(weights: Mapping[str, float], vectors: Mapping[str, np.ndarray],
+                    center: np.ndarray | None = None) -> tuple[np.ndarray | None, str, int]:
+    """(unit interest vector or None, outcome, items used). Outcomes: ``ok``,
+    ``no_items`` (no item with a vector and a positive weight), ``nan``, ``zero``."""
+    used = [i for i, w in weights.items() if w > 0 and i in vectors]
+    if not used:
+        return None, "no_items", 0
+    X = np.asarray([vectors[i] for i in used], dtype=np.float64)
+    if center is not None:
+        X = X - center
+        norms = np.linalg.norm(X, axis=1)
+        keep = norms > EPS
+        X = X[keep] / norms[keep, None]
+        used = [i for i, k in zip(used, keep, strict=True) if k]
+        if not used:
+            return None, "zero", 0
+    w = np.asarray([weights[i] for i in used], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        total = w @ X
+        norm = float(np.linalg.norm(total))
+    if not np.isfinite(total).all() or not np.isfinite(norm):
+        return None, "nan", len(used)
+    if norm <= EPS * float(w.sum()):
+        return None, "zero", len(used)
+    return total / norm, "ok", len(used)
+
+
+def active_views(weights: Mapping[ViewName, float]) -> list[ViewName]:
+    """The views with a positive weight, in the combination's order."""
+    return [v for v in VIEW_ORDER if weights.get(v, 0.0) > 0]
+
+
+def combine(views: Mapping[ViewName, np.ndarray | None], weights: Mapping[ViewName, float],
+            dim: int) -> np.ndarray | None:
+    """The segmenter's vector: each active view L2-normalised times its weight, in
+    ``VIEW_ORDER``, concatenated (zeros for a view the user lacks); None when the user
+    has none of the active views."""
+    parts, present = [], False
+    for name in active_views(weights):
+        vec = views.get(name)
+        if vec is None:
+            parts.append(np.zeros(dim))
+            continue
+        norm = float(np.linalg.norm(vec))
+        if not np.isfinite(norm) or norm <= EPS:
+            parts.append(np.zeros(dim))
+            continue
+        parts.append(weights[name] * np.asarray(vec, dtype=np.float64) / norm)
+        present = True
+    return np.concatenate(parts) if present else None
