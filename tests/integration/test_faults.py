@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,189 @@ def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
     with pytest.raises(InfraError, match="Redis lost its data"):
         after.epoch.check()
     assert after.metrics.base.registry.get_sample_value("segstream_state_lost_total") == 1
+
+
+def test_segmenter_killed_at_every_step_of_its_commit_order_loses_and_doubles_nothing(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
+        running: list[tuple[SegmenterService, threading.Thread]], tmp_path: Path) -> None:
+    """SIGKILL-equivalent exits (``SEGSTREAM_CRASH_AT``) at steps 1-6, twice each, of a
+    segmenter process while a second consumer keeps running."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from segstream_services.segmenter import store
+
+    settings.segmenter.batch_size = 4
+    settings.segmenter.claim_idle_ms = 1_000
+    keys = Keys(settings.redis.key_prefix)
+    rng = np.random.default_rng(11)
+    modes = rng.normal(size=(3, 384))
+    mode_of: dict[str, int] = {}
+
+    def feed(uid: str, mode: int) -> None:
+        mode_of[uid] = mode
+        vec = modes[mode] + 0.3 * rng.normal(size=384)
+        now = int(time.time() * 1000)
+        redis_conn.hset(keys.emb(uid), mapping={
+            "vec": (vec / np.linalg.norm(vec)).astype(np.float16).tobytes(),
+            "model_version": "m@1", "text_hash": f"h{uid}{now}", "encoded_ms": now})
+        redis_conn.xadd(keys.embedded(), {"user_id": uid, "model_version": "m@1",
+                                          "text_hash": f"h{uid}{now}", "dirty_ms": now,
+                                          "encoded_ms": now})
+
+    env = {**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+           **{f"SEGSTREAM_TOPICS__{n.upper()}": getattr(settings.topics, n)
+              for n in ("segments", "catalog", "assignments")},
+           "SEGSTREAM_SEGMENTER__K": "3", "SEGSTREAM_SEGMENTER__METRICS_PORT": "0",
+           "SEGSTREAM_SEGMENTER__BATCH_SIZE": "4", "SEGSTREAM_SEGMENTER__BLOCK_MS": "50",
+           "SEGSTREAM_SEGMENTER__CLAIM_IDLE_MS": "1000",
+           "SEGSTREAM_SEGMENTER__REFIT_EVERY": "0"}
+    for i in range(30):
+        feed(f"a{i}", i % 3)
+    start_segmenter(settings, kafka, "steady", running)  # the second consumer, throughout
+    kills, n = 0, 0
+    for step in range(1, 7):
+        for nth in (1, 2):
+            log = tmp_path / f"crash-{step}-{nth}.log"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "segstream_services.cli", "run", "segmenter"],
+                env={**env, "SEGSTREAM_CRASH_AT": f"segmenter:{step}@{nth}"},
+                stdout=subprocess.DEVNULL, stderr=log.open("w"))
+            try:
+                def died(proc: subprocess.Popen[bytes] = proc) -> bool:
+                    nonlocal n
+                    n += 1
+                    feed(f"n{n}", n % 3)
+                    feed(f"a{n % 30}", (n + 1) % 3)  # interests change: moves
+                    return proc.poll() is not None
+
+                wait_until(died, 120, interval_s=0.2, what=f"the crash at step {step}@{nth}")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert proc.returncode == 137, log.read_text()[-2000:]
+            kills += 1
+    assert kills == 12
+
+    def settled() -> bool:
+        info = redis_conn.xinfo_groups(keys.embedded())[0]
+        return info["pending"] == 0 and info.get("lag", 0) == 0 and \
+            redis_conn.hget(keys.seg_state(), store.OUTBOX) is None
+
+    wait_until(settled, 120, what="the steady consumer to take over every pending entry")
+    for svc, thread in running:
+        svc.stop()
+        thread.join(15)
+    running.clear()
+
+    last: dict[str, str] = {}
+    consumer = kafka.consumer(settings.topics.segments, group_id=None,
+                              consumer_timeout_ms=3000)
+    for record in consumer:
+        last[record.key.decode()] = json.loads(record.value)["segment_id"]
+    consumer.close()
+    stored = {uid: (redis_conn.hget(keys.seg(uid), "segment_id") or b"").decode()
+              for uid in mode_of}
+    assert {u: s for u, s in stored.items() if s} == last  # what subscribers hold = stored
+    born: dict[str, set[str]] = {}
+    consumer = kafka.consumer(settings.topics.catalog, group_id=None, consumer_timeout_ms=3000)
+    for record in consumer:
+        entry = json.loads(record.value)
+        born.setdefault(entry["segment_id"], set()).add(entry["lineage"]["born_at"])
+    consumer.close()
+    assert born and all(len(b) == 1 for b in born.values())  # no id reused
+    model, _, _ = store.read_state(redis_conn, keys)
+    assert model is not None
+    assert sum(model.segments[s].size for s in model.slot_ids) == len(last)  # none twice
+
+
+def test_an_unloadable_rollout_model_keeps_the_encoder_serving_the_current_one(
+        settings: Settings, redis_conn: redis.Redis, encoder: Encoder) -> None:
+    from segstream_services.rollout.registry import Registry
+
+    keys = Keys(settings.redis.key_prefix)
+    worker = EncoderWorker(settings, encoder=encoder, client=redis_conn)
+    Registry(redis_conn, keys).set(active_version="other@9",  # an operator's local path
+                                   active_path="/home/someone/models/other")
+    assert worker.watcher.check(worker) is False
+    assert worker.encoder is encoder
+    assert worker.watcher.failure is not None and "cannot load model other@9" in \
+        worker.watcher.failure
+    assert worker.metrics.model_load_failures._value.get() == 1
+    worker.watcher._at = 0.0
+    assert worker.watcher.check(worker) is False  # not retried before retry_s
+    assert worker.metrics.model_load_failures._value.get() == 1
+    mark(redis_conn, keys, {f"u{i}": f"Mostly {CATS[i % 6]}." for i in range(6)})
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len({f[b"user_id"] for _, f in redis_conn.xrange(keys.embedded())})
+                   == 6, 60, what="the queue served by the current model")
+    finally:
+        worker.stop()
+        thread.join(15)
+    versions = {f[b"model_version"] for _, f in redis_conn.xrange(keys.embedded())}
+    assert versions == {encoder.model_version.encode()}
+    assert worker.metrics.model_load_failures._value.get() == 1  # retried after retry_s
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A redis-server of this test's own (never the shared one), without persistence."""
+    import shutil
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port",
+                             str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        wait_until(lambda: _pings(client), 30, what="the private redis-server")
+        yield client
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_the_encoder_loop_survives_redis_out_of_memory(
+        settings: Settings, private_redis: redis.Redis, encoder: Encoder) -> None:
+    port = private_redis.connection_pool.connection_kwargs["port"]
+    settings.redis.port = port
+    keys = Keys(settings.redis.key_prefix)
+    mark(private_redis, keys, {f"u{i}": f"Mostly {CATS[i % 6]}." for i in range(12)})
+    private_redis.config_set("maxmemory-policy", "noeviction")
+    private_redis.config_set("maxmemory", "1")  # every write is refused: OOM
+    worker = EncoderWorker(settings, encoder=encoder)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: worker.metrics.redis_errors._value.get() >= 2, 30,
+                   what="batches refused with OOM")
+        assert thread.is_alive() and worker.problem is not None and "maxmemory" in worker.problem
+        with pytest.raises(InfraError, match="maxmemory"):
+            worker.health()
+        private_redis.config_set("maxmemory", "0")  # memory freed
+        wait_until(lambda: len({f[b"user_id"] for _, f in
+                                private_redis.xrange(keys.embedded())}) == 12, 60,
+                   what="the queue served after the OOM")
+        wait_until(lambda: worker.problem is None, 30, what="the problem cleared")
+        worker.health()
+    finally:
+        worker.stop()
+        thread.join(15)
