@@ -306,6 +306,12 @@ def test_item_pairs_cap_per_user_and_down_weight_popular_items() -> None:
 
     assert 0.55 < milk_share(0.0) < 0.78            # 2 of 3 candidates hold milk
     assert milk_share(1.0) < 0.1                    # weight 1/200 vs 1: rarely drawn
+    shared = [e for u in range(10) for e in (
+        _ev(f"u{u}", 0, T0, "milk"), _ev(f"u{u}", 1, T0, "bread"), _ev(f"u{u}", 2, T0, f"x{u}"))]
+    assert len(make_item_pairs(shared, per_user=3).pairs) == 21
+    supported = make_item_pairs(shared, per_user=3, min_support=2)
+    assert [_texts(p) for p in supported.pairs] == [frozenset(("milk", "bread"))]
+    assert supported.stats["candidates_below_support"] == 20
     with pytest.raises(ConfigError, match="pair kinds"):
         make_item_pairs(events, kinds=("cart",))  # type: ignore[arg-type]
 

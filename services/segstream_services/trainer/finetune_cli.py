@@ -59,6 +59,8 @@ def register_finetune(sub: Any) -> None:
                     help="consecutive baskets at most S seconds apart pair up (86400)")
     it.add_argument("--popularity-power", type=float, default=0.5, help="a pair's sampling "
                     "weight is (users(a) * users(b)) ** -POWER (0.5; 0 = no down-weighting)")
+    it.add_argument("--min-support", type=int, default=1, metavar="USERS",
+                    help="keep only pairs that at least USERS users took (1)")
     it.add_argument("--max-basket-items", type=int, default=30,
                     help="items sampled from a larger basket (30)")
     m = p.add_argument_group("model and training")
@@ -182,7 +184,8 @@ def _item_pairs(args: argparse.Namespace, events: list, until: int | None
                             basket_gap_s=args.basket_gap, sequence_gap_s=args.sequence_gap,
                             per_user=args.pairs_per_user or 50, max_pairs=args.max_pairs,
                             popularity_power=args.popularity_power,
-                            max_basket_items=args.max_basket_items, seed=args.seed)
+                            max_basket_items=args.max_basket_items,
+                            min_support=args.min_support, seed=args.seed)
     if len(built.pairs) < 4:
         raise DataError(f"{len(built.pairs)} item pairs: events need titles or categories "
                           "and users with two items in a basket or in a row")
@@ -194,7 +197,8 @@ def _item_pairs(args: argparse.Namespace, events: list, until: int | None
 
     info = {"pair_kinds": ",".join(kinds), "basket_gap_s": args.basket_gap,
             "sequence_gap_s": args.sequence_gap, "pairs_per_user_cap": args.pairs_per_user or 50,
-            "popularity_power": args.popularity_power, "pair_sampling": built.stats}
+            "popularity_power": args.popularity_power, "min_support": args.min_support,
+            "pair_sampling": built.stats}
     return train, held, info, check
 
 

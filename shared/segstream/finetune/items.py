@@ -14,6 +14,8 @@ Sampling keeps training about co-occurrence rather than popularity: a pair's wei
 ``(users(a) * users(b)) ** -popularity_power`` (``users`` = distinct users of the item),
 each user gives at most ``per_user`` pairs (weighted sampling without replacement), a
 text pair is kept once, and ``max_pairs`` caps the total by the same weights.
+``min_support`` keeps only pairs that at least that many users took (a single basket's
+chance neighbours are mostly noise in large grocery baskets).
 """
 
 from __future__ import annotations
@@ -122,12 +124,13 @@ def make_item_pairs(events: Iterable[Event], *, until_ms: int | None = None,
                     kinds: Sequence[PairKind] = KINDS, basket_gap_s: float = 0.0,
                     sequence_gap_s: float = 86_400.0, per_user: int = 50, max_pairs: int = 0,
                     popularity_power: float = 0.5, max_basket_items: int = 30,
-                    seed: int = 0) -> ItemPairs:
+                    min_support: int = 1, seed: int = 0) -> ItemPairs:
     """Sampled co-occurrence pairs from the events before ``until_ms`` (module doc)."""
     if not kinds or any(k not in KINDS for k in kinds):
         raise ConfigError(f"pair kinds must be some of {', '.join(KINDS)}, not {kinds!r}")
-    if per_user < 1 or max_pairs < 0 or max_basket_items < 2:
-        raise ConfigError("pairs per user must be >= 1, max pairs >= 0, basket items >= 2")
+    if per_user < 1 or max_pairs < 0 or max_basket_items < 2 or min_support < 1:
+        raise ConfigError("pairs per user and min support must be >= 1, max pairs >= 0, "
+                          "basket items >= 2")
     if basket_gap_s < 0 or sequence_gap_s < 0 or popularity_power < 0:
         raise ConfigError("basket and sequence gaps and the popularity power must be >= 0")
     rng = random.Random(seed)
@@ -162,11 +165,19 @@ def make_item_pairs(events: Iterable[Event], *, until_ms: int | None = None,
 
     chosen: list[tuple[float, ItemPair]] = []
     kept: set[frozenset[str]] = set()
-    for user, history in histories.items():
-        cands = _candidates(history, kinds, int(basket_gap_s * 1000), int(sequence_gap_s * 1000),
-                            max_basket_items, rng)
+    per_user_cands = {user: _candidates(history, kinds, int(basket_gap_s * 1000),
+                                        int(sequence_gap_s * 1000), max_basket_items, rng)
+                      for user, history in histories.items()}
+    support: Counter[frozenset[str]] = Counter()
+    if min_support > 1:
+        support.update(frozenset(ab) for c in per_user_cands.values() for ab in c)
+    for user, cands in per_user_cands.items():
         for kind in cands.values():
             stats[f"candidates_{kind}"] += 1
+        if min_support > 1:
+            before = len(cands)
+            cands = {ab: k for ab, k in cands.items() if support[frozenset(ab)] >= min_support}
+            stats["candidates_below_support"] += before - len(cands)
         picked = _weighted_sample([(weight(a, b), (a, b, k)) for (a, b), k in cands.items()],
                                   per_user, rng)
         stats["users_capped"] += len(cands) > per_user
