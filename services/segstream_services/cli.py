@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from segstream_services.source_args import add_source_args
 
     add_source_args(p, positional=False)
+    from segstream_services import forget
+
+    forget.register(sub)
     run = add("run", _missing_service, "Run one service in the foreground.")
     run_sub = run.add_subparsers(dest="service", required=True, metavar="SERVICE",
                                  parser_class=_Parser)

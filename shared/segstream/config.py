@@ -63,6 +63,15 @@ class RedisSettings(BaseModel):
     key_prefix: str = Field(default="ss", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     socket_timeout_s: float = Field(default=10.0, gt=0)
     cluster: bool = False  # Redis Cluster: host:port is any node; db must stay 0
+    # every per-user key (``Keys.user_keys``) expires this long after the user's last
+    # event or the last write to it (each writer and every applied event refresh it);
+    # 0 = per-user keys never expire
+    user_ttl_days: float = Field(default=45.0, ge=0)
+
+    @property
+    def user_ttl_s(self) -> int:
+        """``user_ttl_days`` in whole seconds (0: no expiry)."""
+        return max(1, int(self.user_ttl_days * 86_400)) if self.user_ttl_days else 0
 
 
 class TopicSettings(BaseModel):
@@ -147,7 +156,6 @@ class IngestSettings(BaseModel):
     text_language: Literal["en", "zh"] = "en"
     text_max_chars: int = Field(default=600, ge=80)
     text_titles: int = Field(default=5, ge=0)
-    user_ttl_days: float = Field(default=45.0, gt=0)
 
 
 class EncoderSettings(BaseModel):
@@ -173,6 +181,8 @@ class EncoderSettings(BaseModel):
     idle_poll_ms: int = Field(default=50, ge=1, le=10_000)
     cache_enabled: bool = True
     cache_ttl_s: int = Field(default=86_400, ge=0)  # 0: entries never expire
+    # back-pressure bound, not a trim: a worker claims nothing while the encoder →
+    # segmenter stream holds this many entries (the segmenter trims only what it acked)
     stream_maxlen: int = Field(default=500_000, ge=1_000)
     # the interest path (segstream_services.encoder.items / .views): items are embedded in
     # micro-batches of ``item_batch``; a worker keeps ``item_cache`` item vectors in memory
@@ -257,6 +267,10 @@ class SegmenterSettings(BaseModel):
     dormant_days: float = Field(default=30.0, ge=0)
     loyal_frequency: int = Field(default=20, ge=1)
     loyal_spend: float = Field(default=0.0, ge=0, description="0 = spend does not count")
+    retired_retention_days: float = Field(
+        default=30.0, ge=0, description="retired segments leave the model state and the "
+        "catalog hash this long after retirement (their last catalog record, with its "
+        "lineage, stays on the compacted catalog topic; ids are never reused); 0 = never")
 
 
 class ApiSettings(BaseModel):

@@ -11,7 +11,7 @@ so the Lua script below touches one Redis Cluster slot):
 - ``dedup(uid)``          zset, dedup: 8-byte BLAKE2 digests of event ids, score = event
   ms; trimmed to ``dedup_ttl_s`` before the newest event and ``dedup_max_per_user``
 - ``titles(uid)``         zset, last distinct titles, score = newest event ms with it
-- ``text(uid)``           string, the feature text (TTL ``user_ttl_days``)
+- ``text(uid)``           string, the feature text
 - ``rfm(uid)``            hash, the user's RFM inputs (``features.Rfm`` fields): the one
   part of a profile the segmenter reads, so the bucket map above stays private to ingest
 - ``interest(uid)``       zset, the user's interest state: item → anchored weight
@@ -60,8 +60,9 @@ from segstream.keys import Keys
 SEEN_ITEMS = 100_000  # items a process remembers having registered
 
 # One call per user and batch. KEYS: features hash, dedup zset, titles zset, text string,
-# interest zset. ARGV: window_days, category_cap, bot_limit, max_titles, dedup_window_ms,
-# dedup_max, key_ttl_s, then a JSON array of the user's events in order, each
+# interest zset, then the user's other keys (an applied event refreshes every key's TTL;
+# key_ttl_s 0: none). ARGV: window_days, category_cap, bot_limit, max_titles,
+# dedup_window_ms, dedup_max, key_ttl_s, then a JSON array of the user's events in order, each
 # [dedup digest (hex), watermark field, offset (-1: none), ts ms, minute, day, title
 # ('' = none), [[field, sub, amount], ...], item id, interest weight], then the interest
 # half-life (ms; 0: no decay) and item cap (one JSON argument is far cheaper to send
@@ -83,7 +84,7 @@ local olddx = dx
 local rm, rn = tonumber(meta[2]) or -1, tonumber(meta[3]) or 0
 local last = tonumber(meta[4]) or -1
 local cache, changed, wms, status, titles = {}, {}, {}, {}, {}
-local newest, titled, deduped = -1, false, false
+local newest, titled, deduped, active = -1, false, false, false
 local dcount = redis.call('ZCARD', dkey)
 
 local function bucket(field)
@@ -146,6 +147,7 @@ for e, ev in ipairs(events) do
         if ts > last then last = ts end
         if day > dx then dx = day end
         status[e] = 'A'
+        active = true
         local w = ev[10]
         if w > 0 and imax > 0 then
           if anchor == nil then anchor = ts end
@@ -190,7 +192,7 @@ if interested then
   fields[#fields + 1] = string.format('%d', anchor)
 end
 redis.call('HSET', fkey, unpack(fields))
-redis.call('EXPIRE', fkey, kttl)
+if kttl > 0 then redis.call('EXPIRE', fkey, kttl) end
 if interested then
   if rescale ~= 1 then
     local old = redis.call('ZRANGE', ikey, 0, -1, 'WITHSCORES')
@@ -202,13 +204,13 @@ if interested then
   for item, aw in pairs(iadds) do redis.call('ZINCRBY', ikey, aw, item) end
   local over = redis.call('ZCARD', ikey) - imax
   if over > 0 then redis.call('ZPOPMIN', ikey, over) end
-  redis.call('EXPIRE', ikey, kttl)
+  if kttl > 0 then redis.call('EXPIRE', ikey, kttl) end
 end
 if deduped then
   local ref = math.max(newest, last)
   redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. string.format('%d', ref - dwin))
   redis.call('ZREMRANGEBYRANK', dkey, 0, -dmax - 1)
-  redis.call('EXPIRE', dkey, kttl)
+  if kttl > 0 then redis.call('EXPIRE', dkey, kttl) end
 end
 if titled then
   local args = {}
@@ -218,7 +220,10 @@ if titled then
   end
   redis.call('ZADD', tkey, 'GT', unpack(args))
   redis.call('ZREMRANGEBYRANK', tkey, 0, -maxtitles - 1)
-  redis.call('EXPIRE', tkey, kttl)
+  if kttl > 0 then redis.call('EXPIRE', tkey, kttl) end
+end
+if active and kttl > 0 then  -- an applied event: every key of the user lives on
+  for j = 1, #KEYS do redis.call('EXPIRE', KEYS[j], kttl) end
 end
 return {table.concat(status), table.concat(redis.call('HGETALL', fkey), '\31'),
         table.concat(redis.call('ZRANGE', tkey, 0, -1, 'WITHSCORES'), '\31'),
@@ -312,9 +317,12 @@ class FeatureStore:
         self._seen_items: OrderedDict[str, None] = OrderedDict()
 
     def user_keys(self, user_id: str) -> list[str]:
+        """The script's KEYS: its five keys, then the user's other keys (``Keys.user_keys``),
+        whose TTL an applied event refreshes (the user is active)."""
         k = self.keys
-        return [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id),
-                k.interest(user_id)]
+        own = [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id),
+               k.interest(user_id)]
+        return own + [key for key in k.user_keys(user_id) if key not in own]
 
     def _args(self, events: Sequence[PendingEvent]) -> list[str | int]:
         cfg = self.cfg
@@ -323,7 +331,7 @@ class FeatureStore:
                     ev.inc.adds, ev.item_id, ev.weight] for ev in events]
         return [max(cfg.windows_days), cfg.max_categories_per_day,
                 cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
-                cfg.dedup_max_per_user, int(cfg.user_ttl_days * 86_400),
+                cfg.dedup_max_per_user, self.settings.redis.user_ttl_s,
                 json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
                 self._half_life_ms, self.settings.interest.max_items]
 
@@ -375,8 +383,9 @@ class FeatureStore:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            commands = [("EVALSHA", self._apply.sha, 5, *self.user_keys(uid),
-                         *self._args(by_user[uid])) for uid in users]
+            commands = [("EVALSHA", self._apply.sha, len(keys), *keys,
+                         *self._args(by_user[uid]))
+                        for uid in users for keys in [self.user_keys(uid)]]
             conn.send_packed_command(conn.pack_commands(commands))
         except BaseException:
             conn.disconnect()
@@ -441,7 +450,7 @@ class FeatureStore:
         text and the segmenter that assigns it reads the new RFM.
         """
         now_ms = int(time.time() * 1000)
-        ttl = int(self.cfg.user_ttl_days * 86_400)
+        ttl = self.settings.redis.user_ttl_s
         marked = [(uid, text) for uid, text, mark in updates if mark]
         if not marked and not rfm and not self._new_items:
             return 0
@@ -449,13 +458,14 @@ class FeatureStore:
         self._register_items(pipe, now_ms)
         for uid, values in (rfm or {}).items():
             pipe.hset(self.keys.rfm(uid), mapping=values.to_fields())
-            pipe.expire(self.keys.rfm(uid), ttl)
+            if ttl:
+                pipe.expire(self.keys.rfm(uid), ttl)
         if not marked:
             pipe.execute()
             return 0
         for uid, text in marked:
             if text:  # '' = the text did not change: only the mark
-                pipe.set(self.keys.text(uid), text.encode(), ex=ttl)
+                pipe.set(self.keys.text(uid), text.encode(), ex=ttl or None)
         pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
         pipe.execute()
         return len(marked)
@@ -487,7 +497,7 @@ class FeatureStore:
     def memory_usage(self, user_id: str) -> int:
         """Bytes Redis uses for one user's keys (``MEMORY USAGE``, embeddings excluded)."""
         total = 0
-        for key in [*self.user_keys(user_id), self.keys.rfm(user_id)]:
+        for key in [*self.user_keys(user_id)[:5], self.keys.rfm(user_id)]:
             total += int(self.client.memory_usage(key, samples=0) or 0)
         return total
 

@@ -11,6 +11,11 @@ Lua script or a lock must reach together:
 
 The other keys (model registry, text cache) stand alone: ``<prefix>:<name>``.
 
+``user_keys(uid)`` lists every per-user key (each method whose only parameter is
+``user_id``): each expires ``redis.user_ttl_days`` after its last write or the user's last
+applied event (every writer sets the TTL; ingest's script refreshes all of them), and
+``segstream forget`` deletes all of them.
+
 Writer → readers of each key:
 
 =====================  ======  =====================================================
@@ -63,6 +68,8 @@ key                    type    contents
 """
 
 from __future__ import annotations
+
+import inspect
 
 
 class Keys:
@@ -120,6 +127,12 @@ class Keys:
 
     def seg_text(self, user_id: str) -> str:
         return self._user(user_id, "segtext")
+
+    def user_keys(self, user_id: str) -> list[str]:
+        """Every per-user key of ``user_id``: each public method whose only parameter is
+        ``user_id`` (so a new per-user key is covered by TTL refreshes and ``segstream
+        forget`` as soon as its method exists)."""
+        return [getattr(self, name)(user_id) for name in _user_methods(type(self))]
 
     def text_pattern(self) -> str:
         """A SCAN ``MATCH`` pattern for every user's ``text`` key."""
@@ -198,3 +211,16 @@ class Keys:
 
     def item_center(self, model_version: str) -> str:
         return self._alone(f"ic:{model_version}")
+
+
+_USER_METHODS: dict[type[Keys], tuple[str, ...]] = {}
+
+
+def _user_methods(cls: type[Keys]) -> tuple[str, ...]:
+    found = _USER_METHODS.get(cls)
+    if found is None:
+        found = _USER_METHODS[cls] = tuple(
+            name for name, fn in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_") and name != "user_keys"
+            and list(inspect.signature(fn).parameters) == ["self", "user_id"])
+    return found

@@ -108,7 +108,8 @@ return {done, lost}
 EMB_WRITE = """
 local cur = redis.call('HGET', KEYS[1], 'fence')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'fence', ARGV[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'fence', ARGV[1], unpack(ARGV, 3))
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
@@ -127,10 +128,12 @@ class Claim:
 class ClaimQueue:
     """The encoder's side of the dirty queue: claim, write embeddings, complete."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, worker_id: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, worker_id: str,
+                 user_ttl_s: int = 0) -> None:
         self.client = client
         self.keys = keys
         self.worker_id = worker_id
+        self.user_ttl_s = user_ttl_s  # the TTL of each ``emb`` written (0: none)
         self._claim = client.register_script(CLAIM)
         self._complete = client.register_script(COMPLETE)
         self._emb_write = client.register_script(EMB_WRITE)
@@ -152,7 +155,8 @@ class ClaimQueue:
         calls = redis_scripts.ScriptCalls(self.client)
         for uid, fields in rows:
             calls.add(self._emb_write, [self.keys.emb(uid)],
-                      [fence, *(part for item in fields.items() for part in item)])
+                      [fence, self.user_ttl_s,
+                       *(part for item in fields.items() for part in item)])
         return sum(1 for ok in calls.execute() if not ok)
 
     def complete(self, token: str, entries: list[EmbeddedEntry],

@@ -86,7 +86,8 @@ class EncoderWorker:
         check_redis(self.client)
         self.encoder = encoder or Encoder.from_settings(self.cfg)
         self.worker_id = worker_id or new_worker_id()
-        self.queue = ClaimQueue(self.client, self.keys, self.worker_id)
+        self.queue = ClaimQueue(self.client, self.keys, self.worker_id,
+                                settings.redis.user_ttl_s)
         self.cache = (EmbeddingCache(self.client, self.keys, self.encoder.model_version,
                                      self.cfg.cache_ttl_s) if self.cfg.cache_enabled else None)
         self.metrics = metrics or EncoderMetrics()

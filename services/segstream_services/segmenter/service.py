@@ -46,7 +46,7 @@ from segstream.segmentation.engagement import engagement_tier
 from segstream.segmentation.labels import text_changes
 from segstream.state_epoch import StateEpoch
 from segstream.stream_entry import EmbeddedEntry
-from segstream_services.segmenter import audience, store
+from segstream_services.segmenter import audience, retention, store
 from segstream_services.segmenter.metrics import SegmenterMetrics
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ class SegmenterService:
         self.writer = store.SegmentStateWriter(self.redis, self.keys, self._publish,
                                                settings.topics.segments,
                                                settings.topics.catalog,
-                                               settings.topics.assignments)
+                                               settings.topics.assignments,
+                                               settings.redis.user_ttl_s)
         self.stop_event = threading.Event()
         self.model = OnlineSegmenter(self.config)
         self.rev = -1
@@ -266,6 +267,7 @@ class SegmenterService:
         events = self.model.drain_events()
         self._remember_applied([e.id for e in latest.values()])
         published: list[int] = []
+        pruned = retention.prune(self.model, t, self.s.retired_retention_days).ids
         self.rev = self.writer.commit(
             self.model, t, changes=[(r["user_id"], r) for r in changes],
             users={uid: {k: v for k, v in st.items() if k not in _TRANSIENT and v is not None}
@@ -273,7 +275,9 @@ class SegmenterService:
             texts={uid: st[_NEW_TEXT] for uid, st in states.items()
                    if st.get(_NEW_TEXT) is not None},
             applied=list(self.applied), lock=lock,
-            select_catalog=lambda entries: self._catalog_out(entries, events, published))
+            select_catalog=lambda entries: self._catalog_out(entries, events, published),
+            extra=(lambda pipe: pipe.hdel(self.keys.seg_catalog(), *pruned)) if pruned
+            else None)
         self.metrics.catalog.inc(sum(published))
         for s in audience.freshness_seconds(changes, {u: st.get("last_active_ms") for u, st
                                                       in states.items()}, now_ms()):

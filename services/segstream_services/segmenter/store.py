@@ -117,8 +117,9 @@ class SegmentStateWriter:
 
     def __init__(self, client: redis.Redis, keys: Keys, publish: Publish,
                  segments_topic: str, catalog_topic: str,
-                 assignments_topic: str | None = None) -> None:
+                 assignments_topic: str | None = None, user_ttl_s: int = 0) -> None:
         self.client = client
+        self.user_ttl_s = user_ttl_s  # TTL of the ``seg``/``seg_text`` keys written (0: none)
         self.keys = keys
         self.publish = publish
         self.segments_topic = segments_topic
@@ -174,8 +175,9 @@ class SegmentStateWriter:
         3. In one MULTI/EXEC (aborted, with ``InfraError``, if the lock key changed since
            2 — expired or taken): each user's ``seg(uid)`` fields (``users``; HSET merges
            into what is stored) with its move between member sets (``audience``),
-           ``seg_text(uid)`` for ``texts``, the caller's ``extra`` commands (rollout:
-           vector rotation), every catalog entry of ``model``, the model state with
+           ``seg_text(uid)`` for ``texts`` (both with ``user_ttl_s``), the caller's
+           ``extra`` commands (rollout: vector rotation; the segmenter: pruned catalog
+           entries), every catalog entry of ``model``, the model state with
            ``applied``, ``rev`` + 1, and the **outbox**: this batch's change records and
            the catalog entries ``select_catalog`` picks (default: all), with a fresh id.
         4. Publish the outbox: the change records to the segments topic and the compacted
@@ -208,10 +210,12 @@ class SegmentStateWriter:
             pipe.multi()                                                        # 3
             for uid, fields in users.items():
                 pipe.hset(self.keys.seg(uid), mapping=hash_fields(fields))
+                if self.user_ttl_s:
+                    pipe.expire(self.keys.seg(uid), self.user_ttl_s)
                 audience.stage_move(pipe, self.keys, uid, old[uid],
                                     fields.get("segment_id") or old[uid])
             for uid, text in texts.items():
-                pipe.set(self.keys.seg_text(uid), text)
+                pipe.set(self.keys.seg_text(uid), text, ex=self.user_ttl_s or None)
             if extra is not None:
                 extra(pipe)
             if entries:
