@@ -24,6 +24,7 @@ import redis
 from segstream.errors import InfraError
 from segstream.keys import Keys
 from segstream.metrics import ServiceMetrics
+from segstream.redis_io import decode_fields
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +49,24 @@ class StateEpoch:
     def check(self) -> None:
         """Raise ``InfraError`` with the reason while the data is marked lost."""
         with self._lock:
-            raw = self.client.hgetall(self.key)
-            current = raw.get(b"id", b"").decode()
+            raw = decode_fields(self.client.hgetall(self.key))
+            current = raw.get("id", "")
             if not current:
                 if self.seen is None:  # first start on this Redis: our generation begins
                     self.client.hsetnx(self.key, "id", uuid.uuid4().hex)
                     self.client.hsetnx(self.key, "created_ms", int(time.time() * 1000))
-                    raw = self.client.hgetall(self.key)
-                    current = raw.get(b"id", b"").decode()
+                    raw = decode_fields(self.client.hgetall(self.key))
+                    current = raw.get("id", "")
                 else:
                     self._mark(f"Redis lost its data: the state epoch {self.seen} vanished "
                                f"(a flush, or a restart without persistence)")
                     return self.check()
-            elif self.seen is not None and current != self.seen and b"lost" not in raw:
+            elif self.seen is not None and current != self.seen and "lost" not in raw:
                 self._mark(f"Redis lost its data: the state epoch changed from {self.seen} "
                            f"to {current}")
                 return self.check()
             self.seen = current
-            reason = raw.get(b"lost", b"").decode()
+            reason = raw.get("lost", "")
             if self.lost_gauge is not None:
                 self.lost_gauge.set(1 if reason else 0)
             if reason:

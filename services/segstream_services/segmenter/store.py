@@ -27,7 +27,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -146,7 +146,7 @@ class SegmentStateWriter:
         raw = self.client.hmget(self.keys.seg_state(), [OUTBOX, OUTBOX_ID])
         if raw[0] is None:
             return 0
-        box = json.loads(zlib.decompress(raw[0]))
+        box = json.loads(zlib.decompress(cast(bytes, raw[0])))  # bytes replies
         self._publish_box(box)
         self._clear(raw[1] or b"")
         return sum(len(box[k]) for k in ("changes", "catalog"))
