@@ -92,6 +92,9 @@ class EventSettings(BaseModel):
     types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     extra_types: tuple[str, ...] = ()
     max_record_bytes: int = Field(default=64 * 1024, ge=256)
+    # a dead letter stores at most this much of the original value (the rest is cut, its
+    # size and SHA-256 in headers), so it fits the broker's record limit (1 MiB default)
+    dlq_max_value_bytes: int = Field(default=512 * 1024, ge=1024)
 
     @property
     def allowed_types(self) -> frozenset[str]:

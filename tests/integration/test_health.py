@@ -149,7 +149,8 @@ def service_env(infra: Settings, unique: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("service", "checks"), [
-    ("ingest", {"kafka", "redis", "state"}), ("segmenter", {"kafka", "redis", "state"})])
+    ("ingest", {"kafka", "redis", "state", "dlq"}),
+    ("segmenter", {"kafka", "redis", "state"})])
 def test_sigterm_stops_a_running_service_cleanly_after_serving_healthz(
         infra: Settings, unique: str, service: str, checks: set[str]) -> None:
     port = free_port()

@@ -32,7 +32,8 @@ def cmd_run_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
     run_service("ingest", service, metrics=service.metrics.base,
                 port=port, health=service_health(settings, client=service.redis,
-                                                 metrics=service.metrics.base),
+                                                 metrics=service.metrics.base,
+                                                 dlq=service.dlq_check),
                 idle_exit_s=idle_exit_s, summary=summary)
     return 0
 

@@ -44,3 +44,9 @@ class IngestMetrics:
                            "Records between the committed position and the partition end.",
                            ("partition",))
         self.dirty_users = m.gauge("ingest_dirty_users", "Users waiting in the encoder queue.")
+        self.dlq_failures = m.counter(
+            "ingest_dlq_produce_failures_total",
+            "Batch attempts whose dead letters the broker did not all take (retried).")
+        self.dlq_blocked = m.gauge(
+            "ingest_dlq_blocked", "1 while ingest is blocked on dead letters the broker "
+            "keeps refusing (/healthz fails its dlq check).")

@@ -10,12 +10,24 @@ tombstone stays a tombstone) and carry these headers (UTF-8 values):
 - ``segstream.source.offset``     its offset (decimal)
 - ``segstream.source.timestamp``  its Kafka timestamp, epoch ms (decimal)
 
+A value longer than ``events.dlq_max_value_bytes`` (a key longer than ``DLQ_MAX_KEY_BYTES``)
+is stored truncated to that prefix, so the dead letter fits the broker's record limit,
+with ``segstream.original.size`` / ``segstream.original.sha256`` (the whole value's byte
+count and SHA-256, hex) and ``segstream.original.key_size`` / ``.key_sha256`` likewise.
+
 Delivery to the DLQ is at-least-once (a crash before the offset commit produces the same
-dead letter again); feature state is effectively once (see ``feature_store``).
+dead letter again); feature state is effectively once (see ``feature_store``). A dead
+letter the broker refuses blocks its batch (dropping it would lose the record): the batch
+is retried with backoff, sending again only the dead letters not yet acknowledged; after
+``DLQ_UNHEALTHY_AFTER`` failed attempts in a row ``/healthz`` fails its ``dlq`` check and
+``segstream_ingest_dlq_blocked`` is 1 until one succeeds
+(``segstream_ingest_dlq_produce_failures_total`` counts the failed sends).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -38,6 +50,9 @@ from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.metrics import IngestMetrics
 
 log = logging.getLogger("segstream.ingest")
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_UNHEALTHY_AFTER = 3  # failed dead-letter attempts in a row before /healthz fails
+DLQ_REMEMBER = 100_000  # positions of acknowledged dead letters kept for retries
 STATUS_OUTCOME = {"A": ("applied", ""), "R": ("duplicate", "redelivery"),
                   "D": ("duplicate", "event_id"), "B": ("cleaned", "bot_rate"),
                   "O": ("cleaned", "outside_window")}
@@ -98,6 +113,24 @@ def dlq_headers(record: Any, reason: str, detail: str) -> list[tuple[str, bytes]
             ("segstream.source.timestamp", str(record.timestamp).encode())]
 
 
+def _cap(data: bytes | None, limit: int, name: str, headers: list[tuple[str, bytes]]
+         ) -> bytes | None:
+    if data is None or len(data) <= limit:
+        return data
+    headers += [(f"segstream.original.{name}size", str(len(data)).encode()),
+                (f"segstream.original.{name}sha256", hashlib.sha256(data).hexdigest().encode())]
+    return data[:limit]
+
+
+def dead_letter(record: Any, reason: str, detail: str, max_value_bytes: int
+                ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a record's dead letter: the original bytes, truncated past
+    the limits with the original's size and SHA-256 in headers (module docstring)."""
+    headers = dlq_headers(record, reason, detail)
+    key = _cap(record.key, DLQ_MAX_KEY_BYTES, "key_", headers)
+    return key, _cap(record.value, max_value_bytes, "", headers), headers
+
+
 class IngestService:
     """One member of the ``segstream-ingest`` consumer group."""
 
@@ -117,6 +150,9 @@ class IngestService:
         self._producer: Any = None
         self._last_gauges = 0.0
         self._inflight: tuple[Prepared, InFlight | None, float] | None = None
+        self._dlq_done: dict[tuple[str, int, int], None] = {}  # acknowledged dead letters
+        self._dlq_failed = 0  # failed dead-letter attempts in a row
+        self._dlq_error = ""
 
     # ---- validation and cleaning (stateless) -------------------------------------------
 
@@ -178,16 +214,13 @@ class IngestService:
         prepared = Prepared(records, defaultdict(list), BatchResult(records=len(records)))
         outcomes = prepared.result.outcomes
         now_ms = int(time.time() * 1000)
-        dead_letters = []
+        dead_letters: list[tuple[Any, str, InvalidEvent]] = []
         m.consumed.inc(len(records))
         for record in records:
             try:
                 checked = self.check(record.value, now_ms)
             except InvalidEvent as exc:
-                dead_letters.append(self._producer.send(
-                    self.settings.topics.dlq, key=record.key, value=record.value,
-                    headers=dlq_headers(record, exc.reason, exc.detail)))
-                m.dead_lettered.labels(reason=exc.reason).inc()
+                dead_letters.append((record, exc.reason, exc))
                 outcomes[f"dead_lettered:{exc.reason}"] += 1
                 continue
             m.valid.inc()
@@ -202,10 +235,55 @@ class IngestService:
             if checked.title or checked.category:
                 self.store.note_item(checked.item_id, checked.title, checked.category)
         if dead_letters:
-            self._producer.flush()
-            for future in dead_letters:
-                future.get(timeout=30)  # raises when the broker did not take it
+            self._dead_letter(dead_letters)
         return prepared
+
+    def _dead_letter(self, dead_letters: list[tuple[Any, str, InvalidEvent]]) -> None:
+        """Produce the dead letters not yet acknowledged (a retried batch sends only the
+        ones that failed) and wait for them; raises ``KafkaClientError`` if any failed."""
+        m = self.metrics
+        sent: list[tuple[tuple[str, int, int], str, Any]] = []
+        failed: KafkaClientError | None = None
+        for record, reason, exc in dead_letters:
+            pos = (record.topic, record.partition, record.offset)
+            if pos in self._dlq_done:
+                continue
+            key, value, headers = dead_letter(record, reason, exc.detail,
+                                              self.settings.events.dlq_max_value_bytes)
+            try:
+                sent.append((pos, reason, self._producer.send(
+                    self.settings.topics.dlq, key=key, value=value, headers=headers)))
+            except KafkaClientError as err:  # refused before sending (e.g. too large)
+                failed = failed or err
+        with contextlib.suppress(KafkaClientError):
+            self._producer.flush()
+        for pos, reason, future in sent:
+            try:
+                future.get(timeout=30)  # raises when the broker did not take it
+            except KafkaClientError as err:
+                failed = failed or err
+                continue
+            self._dlq_done[pos] = None
+            m.dead_lettered.labels(reason=reason).inc()
+        while len(self._dlq_done) > DLQ_REMEMBER:
+            del self._dlq_done[next(iter(self._dlq_done))]
+        if failed is None:
+            self._dlq_failed, self._dlq_error = 0, ""
+            m.dlq_blocked.set(0)
+            return
+        self._dlq_failed += 1
+        self._dlq_error = type(failed).__name__
+        m.dlq_failures.inc()
+        if self._dlq_failed >= DLQ_UNHEALTHY_AFTER:
+            m.dlq_blocked.set(1)
+        raise failed
+
+    def dlq_check(self) -> None:
+        """The ``dlq`` health check: fails while dead letters keep failing (the batch
+        holding them is blocked: dropping them would lose records)."""
+        if self._dlq_failed >= DLQ_UNHEALTHY_AFTER:
+            raise InfraError(f"dead-letter produce failed {self._dlq_failed} times in a row "
+                             f"({self._dlq_error}); ingest is blocked on that batch")
 
     def finish(self, prepared: Prepared, results: dict[str, UserResult],
                commit: Callable[[dict], None]) -> BatchResult:
