@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -75,7 +75,12 @@ class RedisSettings(BaseModel):
 
 
 class TopicSettings(BaseModel):
-    """Topic names and partition counts (docs/contracts.md)."""
+    """Topic names, partition counts and durability (docs/contracts.md).
+
+    ``replication_factor`` and ``min_insync_replicas`` apply to every topic segstream
+    creates (1 and 1 suit the single local broker; a production cluster wants e.g. 3 and
+    2, so an acknowledged record (producers use ``acks=all``) survives a broker loss).
+    """
 
     events: str = "segstream.events"
     segments: str = "segstream.segments"
@@ -84,6 +89,15 @@ class TopicSettings(BaseModel):
     assignments: str = "segstream.assignments"  # compacted: each user's current assignment
     events_partitions: int = Field(default=6, ge=1)
     segments_partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    min_insync_replicas: int = Field(default=1, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> TopicSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) is above "
+                             f"replication_factor ({self.replication_factor})")
+        return self
 
 
 class EventSettings(BaseModel):

@@ -34,18 +34,26 @@ class TopicSpec:
     name: str
     partitions: int
     configs: dict[str, str]
+    replication: int = 1
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """The segstream topics (docs/contracts.md) with their settings."""
+    """The segstream topics (docs/contracts.md) with their settings: partitions, cleanup
+    policy, ``topics.replication_factor`` and ``min.insync.replicas``."""
+    rf, insync = topics.replication_factor, str(topics.min_insync_replicas)
+
+    def spec(name: str, partitions: int, cleanup: str) -> TopicSpec:
+        return TopicSpec(name, partitions,
+                         {"cleanup.policy": cleanup, "min.insync.replicas": insync}, rf)
+
     return [
-        TopicSpec(topics.events, topics.events_partitions, {"cleanup.policy": "delete"}),
-        TopicSpec(topics.segments, topics.segments_partitions, {"cleanup.policy": "delete"}),
-        TopicSpec(topics.dlq, 1, {"cleanup.policy": "delete"}),
-        TopicSpec(topics.catalog, 1, {"cleanup.policy": "compact"}),
+        spec(topics.events, topics.events_partitions, "delete"),
+        spec(topics.segments, topics.segments_partitions, "delete"),
+        spec(topics.dlq, 1, "delete"),
+        spec(topics.catalog, 1, "compact"),
         # each user's current assignment (key = user id, tombstone on forget): a new
         # subscriber rebuilds the current state from offset 0 after the change feed expired
-        TopicSpec(topics.assignments, topics.segments_partitions, {"cleanup.policy": "compact"}),
+        spec(topics.assignments, topics.segments_partitions, "compact"),
     ]
 
 
@@ -103,7 +111,8 @@ def ensure_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
-    new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing]
+    new = [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
+           for s in missing]
     # created concurrently by another process: same outcome
     with contextlib.suppress(TopicAlreadyExistsError):
         admin.create_topics(new, validate_only=False)
