@@ -207,8 +207,9 @@ def cmd_freshness(args: argparse.Namespace) -> None:
         synthetic = SyntheticStream(users=args.users, days=30, seed=5, activity=0.3)
         events = list(synthetic.events())
         by_persona: dict[str, list[dict[str, Any]]] = {}
+        truth = synthetic.truth()  # computed once: it is rebuilt on every call
         for e in events:
-            by_persona.setdefault(synthetic.truth()[e["user_id"]], []).append(e)
+            by_persona.setdefault(truth[e["user_id"]], []).append(e)
         now = int(time.time() * 1000)
         shift = now - max(e["ts"] for e in events)
         for e in events:  # the warm-up history, moved to end now

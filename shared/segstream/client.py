@@ -148,13 +148,15 @@ class SegmentClient:
 
         uid = check_user_id(user_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(self.keys.emb(uid), ["model_version", "text_hash", "encoded_ms", "vec"])
+        pipe.hmget(self.keys.emb(uid), ["model_version", "text_hash", "encoded_ms", "vec",
+                                        "interest_ms", "text_ms"])
         pipe.get(self.keys.text(uid))
         pipe.zscore(self.keys.dirty(), uid)
         pipe.zscore(self.keys.claims(), uid)
         pipe.hget(self.keys.model_registry(), "active_version")
         pipe.hvals(self.keys.seg_catalog())
-        (mv, th, at, vec), text, dirty, claimed, active, catalog = self._execute(pipe)
+        (mv, th, at, vec, interest_ms, text_ms), text, dirty, claimed, active, catalog = \
+            self._execute(pipe)
         model = mv.decode() if mv else None
         serving = active.decode() if active else None
         if serving is None:
@@ -162,6 +164,7 @@ class SegmentClient:
             serving = max(set(versions) - {None}, key=versions.count, default=None)
         embedded = bool(vec) and bool(th) and text is not None and \
             th.decode() == text_hash(text.decode())
+        text_counts = self.settings.interest.view_weights.get("text", 0.0) > 0
         queued = dirty is not None or claimed is not None
         on_model = None if serving is None or not vec else model == serving
         return VectorStatus(
@@ -169,7 +172,11 @@ class SegmentClient:
             embedded_at=_iso_ms(at.decode() if at else None), text_is_embedded=embedded,
             queued_for_encoding=queued, serving_model_version=serving,
             model_is_serving=on_model,
-            current=bool(vec) and embedded and not queued and on_model is not False)
+            current=bool(vec) and (embedded or not text_counts) and not queued
+            and on_model is not False,
+            interest_at=_iso_ms(interest_ms.decode()) if interest_ms and interest_ms != b"0"
+            else None,
+            text_embedded_at=_iso_ms(text_ms.decode()) if text_ms else None)
 
     # ------------------------------------------------------------------ segments
     def segments(self, include_retired: bool = False) -> list[Segment]:

@@ -144,10 +144,13 @@ class UserSegment(_Record):
 class VectorStatus(_Record):
     """Whether a user's embedding is current, read from Redis alone (no service needed).
 
-    ``current``: there is a vector, it embeds the user's present feature text, the user
-    is not waiting for the encoder, and it was made by ``serving_model_version`` (the
-    rollout registry's active model, else the one the segment catalog was built with;
-    None when neither is known, and then the model does not count against ``current``).
+    ``current``: there is a vector, it embeds the user's present feature text (when the
+    text view has a weight), the user is not waiting for the encoder, and it was made by
+    ``serving_model_version`` (the rollout registry's active model, else the one the
+    segment catalog was built with; None when neither is known, and then the model does
+    not count against ``current``). ``interest_at``: when the interest view in the vector
+    was computed; ``text_embedded_at``: when the feature text was last embedded (the text
+    view lags on its own schedule).
     """
 
     user_id: str
@@ -159,6 +162,8 @@ class VectorStatus(_Record):
     serving_model_version: str | None
     model_is_serving: bool | None
     current: bool
+    interest_at: datetime | None = None
+    text_embedded_at: datetime | None = None
 
 
 class MembersPage(_Record):

@@ -210,6 +210,9 @@ class EncoderSettings(BaseModel):
     # interest path for longer); skipped entirely when its view weight is 0
     text_min_interval_s: float = Field(default=30.0, ge=0)
     text_batch: int = Field(default=16, ge=1, le=8192)
+    # the share of its thread's time the text view may spend embedding (it waits the rest),
+    # so that on a small CPU it leaves the cores to the interest path and the segmenter
+    text_cpu_share: float = Field(default=0.25, gt=0, le=1)
 
 
 ViewName = Literal["interest", "text"]  # the views the segmenter combines

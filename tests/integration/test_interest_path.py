@@ -166,6 +166,16 @@ def test_interest_vectors_equal_a_recount_and_survive_redelivery(
     for uid in users:
         assert redis_conn.hget(keys.emb(uid), "vec") == stored[uid][b"vec"]
 
+    # ``segstream user`` shows the views: weights, the interest view's items and age
+    from segstream_services.ingest.cli import user_report
+
+    views = user_report(settings, bare["user_id"])["views"]
+    assert views["weights"] == "interest 1, text 0"
+    assert views["interest"]["items_without_vector"] == 1
+    assert views["interest"]["items_in_vector"] == views["interest"]["items_in_state"] - 1
+    assert views["interest"]["age_s"] is not None and views["interest"]["age_s"] >= 0
+    assert views["text"]["embedded_at"] is None  # text weight 0: never embedded
+
 
 def test_new_item_after_the_event_is_embedded_in_the_users_batch(
         infra: Settings, redis_conn: redis.Redis, unique: str, encoder: Encoder) -> None:
@@ -261,3 +271,26 @@ def test_text_weight_zero_never_runs_the_model_on_texts(
     drain(worker)
     assert worker.totals["vector"] == 5 and worker.totals["texts_encoded"] == 0
     assert redis_conn.zcard(keys.text_due()) == 0
+
+
+def test_items_load_queues_an_item_file_for_embedding(
+        infra: Settings, redis_conn: redis.Redis, unique: str, encoder: Encoder,
+        tmp_path: Any) -> None:
+    from segstream.sources import Mapping
+    from segstream_services.items_cli import load
+
+    path = tmp_path / "movies.csv"
+    path.write_text("movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
+                    "2,,\n3,Heat (1995),Action|Crime\n", encoding="utf-8")
+    settings = settings_for(infra, unique)
+    keys = Keys(unique)
+    assert load(settings, str(path), Mapping(columns={"item_id": "movieId",
+                                                      "category": "genres"})) == (3, 2)
+    assert redis_conn.hgetall(keys.item("1")) == {b"title": b"Toy Story (1995)",
+                                                  b"category": b"Adventure|Animation"}
+    worker = EncoderWorker(settings, encoder=encoder, client=redis_conn)
+    assert worker.items.drain() == 2  # embedded before any user engages with them
+    expected = encoder.encode(["Toy Story (1995). Adventure, Animation"])[0]
+    stored = vec_from_bytes(redis_conn.get(keys.item_vec(encoder.model_version, "1")))
+    assert float(stored @ expected) > 0.999
+    assert not redis_conn.exists(keys.item_vec(encoder.model_version, "2"))

@@ -109,6 +109,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     feed = Feed()
     view = View()
     interrupted = False
+    views = ""
     t0 = time.monotonic()
     try:
         for name in SERVICES:
@@ -149,6 +150,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                     break
         watcher.close()
         probe.close()
+        views = _views_line(run_settings)
     except KeyboardInterrupt:
         interrupted = True
         console.print("interrupted: stopping the services")
@@ -169,7 +171,36 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         return 130
     console.print()
     summary(console, view, feed, truth, t0)
+    console.print(views)
     return 0
+
+
+def _views_line(settings: Settings) -> str:
+    """What the segments were built from: the views, their weights, the items embedded and
+    how far the feature-text view lags the interest view (from the users' ``emb``)."""
+    import numpy as np
+
+    from segstream.keys import Keys
+    from segstream.redis_io import redis_client
+
+    client = redis_client(settings.redis)
+    keys = Keys(settings.redis.key_prefix)
+    items = sum(1 for _ in client.scan_iter(match=keys.item_vec("*", "*"), count=1_000))
+    lags = []
+    for key in client.scan_iter(match=keys.emb("*"), count=1_000):
+        interest_ms, text_ms = client.hmget(key, ["interest_ms", "text_ms"])
+        if interest_ms and text_ms and int(interest_ms) > 0:
+            lags.append(max(0, int(interest_ms) - int(text_ms)) / 1000)
+    client.close()
+    weights = settings.interest.view_weights
+    line = (f"views: interest {weights.get('interest', 0):g} + feature text "
+            f"{weights.get('text', 0):g}; {items:,} items embedded (each once); users' "
+            "interest vectors computed without a transformer pass")
+    if lags:
+        line += (f"; the feature-text view lags the interest view by p50 "
+                 f"{np.median(lags):.1f}s, max {max(lags):.1f}s "
+                 f"(re-embedded at most every {settings.encoder.text_min_interval_s:g}s)")
+    return line
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

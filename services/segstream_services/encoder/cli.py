@@ -91,8 +91,9 @@ def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersActio
     """Add ``run encoder`` and ``encode`` to the segstream CLI."""
     from segstream_services.runtime import add_service_args
 
-    help_ = ("Encode changed users' feature texts in micro-batches (claims dirty users from "
-             "Redis, writes their embeddings, feeds the segmenter); SIGTERM finishes the "
+    help_ = ("Compute changed users' vectors in micro-batches from their interest (item "
+             "vectors, embedded once per model) and feature-text views (claims dirty users "
+             "from Redis, writes their vectors, feeds the segmenter); SIGTERM finishes the "
              "batch in hand.")
     p = run_sub.add_parser("encoder", help=help_, description=help_)
     add_service_args(p, "encoder")
@@ -105,6 +106,9 @@ def register(sub: argparse._SubParsersAction, run_sub: argparse._SubParsersActio
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _model_options(p)
     p.set_defaults(func=cmd_encode)
+    from segstream_services.items_cli import register as register_items
+
+    register_items(sub)
 
 
 if __name__ == "__main__":  # pragma: no cover

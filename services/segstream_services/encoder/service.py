@@ -10,9 +10,10 @@ as last embedded, combined as ``views`` documents (weights ``interest.view_weigh
 Each changed vector is written (fenced, with its ``vec_hash``), then the claims complete,
 which appends one ``embedded`` stream entry per user for the segmenter. A user whose
 feature text changed is queued for the text view (``textview``: coalesced, at most once
-per ``text_min_interval_s``); at most ``text_batch`` texts are embedded between two
-claims, so the text view never holds up the interest path, and with a text weight of 0
-no feature text is embedded at all. Any number of workers can run side by side; a killed
+per ``text_min_interval_s``) and embedded ``text_batch`` texts at a time by ``text_step``,
+which ``run`` calls from a thread of its own (torch releases the GIL, so a pass over
+feature texts never holds up a claim); with a text weight of 0 no feature text is
+embedded at all. Any number of workers can run side by side; a killed
 worker's claims return to the queue when their lease ends.
 
 Commit order (the crash points of ``segstream.crashpoints``): 1. claim (a Lua call:
@@ -98,6 +99,8 @@ class EncoderWorker:
         if warning:
             log.warning("%s", warning)
         self.totals: Counter[str] = Counter()
+        self._totals_lock = threading.Lock()
+        self._text_at = 0.0  # when the text view last embedded something (monotonic)
         self._depth_at = 0.0
         self._stream_at = 0.0
         self._stream_len = 0
@@ -234,7 +237,8 @@ class EncoderWorker:
             self.metrics.texts_encoded.inc(encoded)
             self.metrics.cache_misses.inc(encoded)
             self.metrics.cache_hits.inc(n - encoded)
-            self.totals.update(texts_encoded=encoded, encoded=encoded, cache=n - encoded)
+            with self._totals_lock:
+                self.totals.update(texts_encoded=encoded, encoded=encoded, cache=n - encoded)
         return n
 
     def _account(self, report: BatchReport) -> None:
@@ -245,10 +249,11 @@ class EncoderWorker:
             m.users.labels(outcome=outcome).inc(n)
         for what, n in self.items.counts.items():
             m.items.labels(outcome=what).inc(n)
-        self.totals.update(self.items.counts)
-        self.items.counts.clear()
-        self.totals.update(report.outcomes)
-        self.totals["batches"] += 1
+        with self._totals_lock:
+            self.totals.update(self.items.counts)
+            self.items.counts.clear()
+            self.totals.update(report.outcomes)
+            self.totals["batches"] += 1
 
     def stream_full(self, every_s: float = 1.0) -> bool:
         """Back-pressure: True while the ``embedded`` stream holds ``stream_maxlen`` entries
@@ -290,15 +295,50 @@ class EncoderWorker:
 
     def run(self, idle_exit_s: float | None = None) -> None:
         """Loop until ``stop()`` (or ``idle_exit_s`` seconds without a batch); the batch in
-        hand is always finished first."""
+        hand is always finished first. The text view runs in a thread of its own
+        (``_text_loop``), so a transformer pass over feature texts never delays a claim."""
         stop = self.stop_event
         idle_s = self.cfg.idle_poll_ms / 1000
         backoff = 0.5
         idle_since = time.monotonic()
+        text_stop = threading.Event()
+        thread = None
+        if "text" in self.views:
+            thread = threading.Thread(target=self._text_loop, args=(text_stop,),
+                                      name="text-view", daemon=True)
+            thread.start()
+        try:
+            self._loop(stop, idle_s, backoff, idle_since, idle_exit_s)
+        finally:
+            text_stop.set()
+            if thread is not None:
+                thread.join(timeout=max(30.0, self.cfg.lease_s))
+
+    def _text_loop(self, stop: threading.Event) -> None:
+        """Embed due feature texts until ``stop``; idle polls when none is due, and after a
+        batch that took ``t`` waits ``t · (1 / text_cpu_share − 1)``."""
+        share = self.cfg.text_cpu_share
+        while not stop.is_set():
+            try:
+                t0 = time.monotonic()
+                n = self.text_step()
+            except (redis.RedisError, InfraError) as exc:
+                log.warning("text view: Redis refused a batch (%s); retrying in 1s",
+                            str(exc).splitlines()[0])
+                stop.wait(1.0)
+                continue
+            if n:
+                self._text_at = time.monotonic()
+                stop.wait((self._text_at - t0) * (1 / share - 1))
+            else:
+                stop.wait(self.cfg.idle_poll_ms / 1000)
+
+    def _loop(self, stop: threading.Event, idle_s: float, backoff: float, idle_since: float,
+              idle_exit_s: float | None) -> None:
         while not stop.is_set():
             try:
                 result = self.step()
-                texts = self.text_step()
+                texts = self._text_at > idle_since
                 self.update_depth()
                 backoff = 0.5
                 self.problem = None
@@ -310,7 +350,7 @@ class EncoderWorker:
                 backoff = min(backoff * 2, 10.0)
                 continue
             if texts:
-                idle_since = time.monotonic()
+                idle_since = self._text_at
             if isinstance(result, BatchReport):
                 idle_since = time.monotonic()
                 log.debug("batch: %d users, %.3fs", result.users, result.seconds)
@@ -318,8 +358,6 @@ class EncoderWorker:
                     log.warning("a batch took %.1fs, over half the %.0fs lease: lower "
                                 "encoder.claim_batch or raise encoder.lease_s",
                                 result.seconds, self.cfg.lease_s)
-            elif texts:
-                continue
             elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break
             elif result.wait_ms >= 0:

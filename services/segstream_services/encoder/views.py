@@ -18,11 +18,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from segstream.config import ViewName
 from segstream.interest import EPS
+from segstream.keys import Keys
 
 VIEW_ORDER: tuple[ViewName, ...] = ("interest", "text")
 
@@ -77,3 +80,40 @@ def combine(views: Mapping[ViewName, np.ndarray | None], weights: Mapping[ViewNa
         parts.append(weights[name] * np.asarray(vec, dtype=np.float64) / norm)
         present = True
     return np.concatenate(parts) if present else None
+
+
+def view_report(client: Any, keys: Keys, user_id: str, weights: Mapping[ViewName, float],
+                now_ms: int) -> dict[str, Any]:
+    """The user's views for ``segstream user``: weights, the interest view (items in the
+    state, items in the vector, its age) and the text view (model, when embedded, queued)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(keys.interest(user_id))
+    pipe.hmget(keys.emb(user_id), ["interest_ms", "interest_items", "interest_missing",
+                                   "text_model", "text_ms"])
+    pipe.zscore(keys.text_due(), user_id)
+    items, (i_ms, used, missing, t_model, t_ms), due = pipe.execute()
+
+    def num(raw: bytes | None) -> int | None:
+        return int(raw) if raw is not None and int(raw) > 0 else None
+
+    i_at, t_at = num(i_ms), num(t_ms)
+    return {
+        "weights": ", ".join(f"{v} {weights.get(v, 0.0):g}" for v in VIEW_ORDER),
+        "interest": {
+            "items_in_state": int(items),
+            "items_in_vector": num(used) or 0,
+            "items_without_vector": num(missing) or 0,
+            "computed_at": _iso(i_at),
+            "age_s": None if i_at is None else round((now_ms - i_at) / 1000, 1)},
+        "text": {
+            "model_version": t_model.decode() if t_model else None,
+            "embedded_at": _iso(t_at),
+            "age_s": None if t_at is None else round((now_ms - t_at) / 1000, 1),
+            "queued_until": _iso(int(due)) if due is not None else None},
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")

@@ -177,6 +177,7 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
     from segstream.client import SegmentClient
 
     vector = SegmentClient(settings, redis_conn=client).vector_status(user_id)
+    from segstream_services.encoder.views import view_report
     return {
         "user_id": user_id,
         "found": True,
@@ -190,6 +191,8 @@ def user_report(settings: Settings, user_id: str) -> dict[str, Any]:
             "redis_bytes": store.memory_usage(user_id),
         },
         "vector": vector.model_dump(mode="json", exclude={"user_id"}),
+        "views": view_report(client, store.keys, user_id, settings.interest.view_weights,
+                             int(time.time() * 1000)),
         "segment": segment or {"status": "not assigned yet"},
         "features": windows,
     }
