@@ -1,8 +1,9 @@
 """End to end on the real broker, Redis and encoder: synthetic personas -> segments.
 
-Events go through Kafka into the ingest service (features and feature texts in Redis),
-the encoder worker embeds dirty users with all-MiniLM-L6-v2, and the segmenter publishes
-segment changes. The stream arrives in three time-ordered chunks, so users are re-encoded
+Events go through Kafka into the ingest service (features, feature texts, interest states
+and items in Redis), the encoder worker embeds items and feature texts with
+all-MiniLM-L6-v2 and combines each user's interest and text views, and the segmenter
+publishes segment changes. The stream arrives in three time-ordered chunks, so users are re-encoded
 and re-assigned as their history grows, as in production. Once every user has its ~30
 events, the last segment each user was published with must agree with the personas.
 """
@@ -51,9 +52,11 @@ def pipeline_settings(infra: Settings, unique: str) -> Settings:
 
 
 def settled(client: redis.Redis, settings: Settings) -> bool:
-    """The encoder queue is empty and the segmenter has acked every stream entry."""
+    """The encoder queues (users, feature texts) are empty and the segmenter has acked
+    every stream entry."""
     keys = Keys(settings.redis.key_prefix)
-    if client.zcard(keys.dirty()) + client.zcard(keys.claims()):
+    if client.zcard(keys.dirty()) + client.zcard(keys.claims()) + \
+            client.zcard(keys.text_due()):
         return False
     groups = client.xinfo_groups(keys.embedded()) if client.exists(keys.embedded()) else []
     return any(g["name"].decode() == settings.segmenter.group and g["pending"] == 0
