@@ -7,7 +7,8 @@ so the Lua script below touches one Redis Cluster slot):
   ``"sub=n;sub=n"`` (a few dozen short fields, so Redis keeps it as a compact listpack),
   plus meta fields ``_last`` (newest event ms), ``_dx`` (newest day), ``_rm``/``_rn``
   (event-time minute and count for the bot rule) and ``_o:<topic crc>:<partition>``
-  (highest Kafka offset applied from that partition for this user)
+  (highest Kafka offset applied from that partition for this user; "topic" is what the
+  caller passes, ingest passes the topic's id, so a recreated topic starts afresh)
 - ``dedup(uid)``          zset, dedup: 8-byte BLAKE2 digests of event ids, score = event
   ms; trimmed to ``dedup_ttl_s`` before the newest event and ``dedup_max_per_user``
 - ``titles(uid)``         zset, last distinct titles, score = newest event ms with it

@@ -48,6 +48,7 @@ from segstream.interest import event_weight
 from segstream.kafka_client import KafkaClientError, KafkaClients, TopicPartition, kafka_clients
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.metrics import IngestMetrics
+from segstream_services.ingest.topic_ids import TopicIds
 
 log = logging.getLogger("segstream.ingest")
 DLQ_MAX_KEY_BYTES = 1024
@@ -150,6 +151,7 @@ class IngestService:
         self._producer: Any = None
         self._last_gauges = 0.0
         self._inflight: tuple[Prepared, InFlight | None, float] | None = None
+        self._topic_ids = TopicIds(settings.kafka)  # watermarks are per topic incarnation
         self._dlq_done: dict[tuple[str, int, int], None] = {}  # acknowledged dead letters
         self._dlq_failed = 0  # failed dead-letter attempts in a row
         self._dlq_error = ""
@@ -229,7 +231,8 @@ class IngestService:
                 outcomes[f"cleaned:{checked.rule}"] += 1
                 continue
             prepared.by_user[checked.user_id].append(PendingEvent(
-                checked.event_id, increments(checked, self.cfg), record.topic,
+                checked.event_id, increments(checked, self.cfg),
+                self._topic_ids.key(record.topic, record.partition, record.offset),
                 record.partition, record.offset, checked.item_id,
                 event_weight(checked, self.settings.interest)))
             if checked.title or checked.category:
@@ -405,6 +408,7 @@ class IngestService:
         finally:
             self._consumer.close()
             self._producer.close(timeout=10)
+            self._topic_ids.close()
         log.info("ingest stopped after %d records in %d batches", stats.records, stats.batches)
         return stats
 
