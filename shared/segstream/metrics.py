@@ -6,8 +6,9 @@ Each service builds its own metrics module on top of ``ServiceMetrics``.
 
 ``serve(port, health=callable)`` also answers ``GET /healthz``: 200 and a JSON body when
 the callable returns, 503 and the reason when it raises (see ``segstream.health``).
-The listen address defaults to 127.0.0.1; containers set ``SEGSTREAM_METRICS_ADDR=0.0.0.0``
-so Prometheus and the kubelet can reach it.
+The listen address defaults to 127.0.0.1 (also in the container image); deployments set
+``SEGSTREAM_METRICS_ADDR`` explicitly (compose and the Kubernetes config: ``0.0.0.0``) so
+Prometheus and the kubelet can reach it.
 """
 
 from __future__ import annotations

@@ -231,7 +231,10 @@ def test_dockerfile_lints_and_has_a_target_per_service() -> None:
         assert f"EXPOSE {port}" in section and f'CMD ["run", "{name}"]' in section
         assert f"127.0.0.1:{port}/healthz" in section
     assert re.search(r"^USER 10001", text, re.M), "the runtime must not run as root"
-    assert "SEGSTREAM_METRICS_ADDR=0.0.0.0" in text
+    # the image binds /metrics and /healthz to loopback; deployments opt in explicitly
+    assert "SEGSTREAM_METRICS_ADDR=127.0.0.1" in text and "0.0.0.0" not in text
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["x-segstream-env"]["SEGSTREAM_METRICS_ADDR"] == "0.0.0.0"
     ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text()
     for needed in ("pyproject.toml", "requirements.lock", "README.md", "shared/", "services/"):
         assert f"!{needed}" in ignore

@@ -140,11 +140,20 @@ class LocalKafka:
                      for arg in ("--add-scram", f"{mech}=[name={user},"
                                  f"password={secret.get_secret_value()}]")
                      ] if self.local.kafka_sasl_port else []
-            done = subprocess.run(
-                self._java(lib, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                           "-t", id_file.read_text().strip(), "-c", str(props), *scram),
-                capture_output=True, text=True,
-            )
+            # the tool and its arguments go in a java @argfile (owner-only, deleted after):
+            # SCRAM passwords must never appear on a process command line
+            argfile = self.dir / "format.args"
+            argfile.touch(mode=0o600)
+            argfile.chmod(0o600)
+            argfile.write_text("".join(
+                '"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"\n'
+                for a in ["kafka.tools.StorageTool", "format", "--ignore-formatted",
+                          "-t", id_file.read_text().strip(), "-c", str(props), *scram]))
+            try:
+                done = subprocess.run(self._java(lib, f"@{argfile}"), capture_output=True,
+                                      text=True)
+            finally:
+                argfile.unlink(missing_ok=True)
             if done.returncode != 0:
                 raise InfraError(f"kafka storage format failed: {done.stderr.strip()[-400:]}")
         return props
