@@ -4,6 +4,8 @@ and retired segments leave the segmenter's state after ``retired_retention_days`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import redis
@@ -17,6 +19,7 @@ from segstream.segmentation import Observation, OnlineSegmenter
 from segstream.segmentation.types import SegConfig
 from segstream_services.encoder.claims import ClaimQueue
 from segstream_services.segmenter import store
+from tests.unit.test_finetune import tiny_base  # noqa: F401 - the base model fixture
 
 pytestmark = pytest.mark.integration
 BASE_MS = 1_795_857_300_000
@@ -137,3 +140,18 @@ def test_retired_segments_are_pruned_after_the_retention_and_ids_never_reused() 
     assert "s90" not in entries and "f90" not in entries and "s91" in entries
     restored = OnlineSegmenter.from_dict(model.to_dict())
     assert set(restored.segments) == set(model.segments)
+
+
+def test_rollout_writes_the_next_vectors_with_the_ttl(infra: Settings, unique: str,
+                                                      tiny_base: Path) -> None:  # noqa: F811
+    from segstream.encoding import Encoder
+    from segstream_services.rollout.service import Rollout
+
+    client = redis.Redis(host=infra.redis.host, port=infra.redis.port)
+    keys = Keys(unique)
+    client.set(keys.text("u"), "Mostly guitars and amplifiers.")
+    rollout = Rollout(client, unique, lambda topic, records: None, "s", "c",
+                      user_ttl_s=3 * DAY_S)
+    encoder = Encoder(tiny_base, device="cpu", dtype="float32")
+    assert rollout.reembed(encoder, ["u"]) == 1
+    assert 0 < client.ttl(keys.emb_next("u")) <= 3 * DAY_S

@@ -49,12 +49,13 @@ class Rollout:
 
     def __init__(self, client: redis.Redis, prefix: str, publish: store.Publish,
                  segments_topic: str, catalog_topic: str, batch: int = 256,
-                 assignments_topic: str | None = None) -> None:
+                 assignments_topic: str | None = None, user_ttl_s: int = 0) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.registry = Registry(client, self.keys)
+        self.user_ttl_s = user_ttl_s  # per-user keys it writes expire (0: never)
         self.writer = store.SegmentStateWriter(client, self.keys, publish, segments_topic,
-                                               catalog_topic, assignments_topic)
+                                               catalog_topic, assignments_topic, user_ttl_s)
         self.batch = batch
 
     def current_model_version(self) -> str:
@@ -100,6 +101,8 @@ class Rollout:
                     pipe.hset(self.keys.emb_next(uid), mapping={
                         "vec": vec_to_bytes(vecs[text]), "model_version": version,
                         "text_hash": text_hash(text), "encoded_ms": int(time.time() * 1000)})
+                    if self.user_ttl_s:  # COPY to emb/emb_prev carries the TTL along
+                        pipe.expire(self.keys.emb_next(uid), self.user_ttl_s)
                 pipe.execute()
                 if progress:
                     progress(len(chunk))

@@ -56,7 +56,8 @@ def _rollout(settings: Settings) -> Any:
 
     return Rollout(client, settings.redis.key_prefix, publish, settings.topics.segments,
                    settings.topics.catalog,
-                   assignments_topic=settings.topics.assignments), producer
+                   assignments_topic=settings.topics.assignments,
+                   user_ttl_s=settings.redis.user_ttl_s), producer
 
 
 def _print_report(report: Any, what: str) -> None:
