@@ -313,8 +313,11 @@ class IngestService:
                     rfm[uid] = found
             changed = text != res.text
             m.texts_changed.inc(changed)
-            # an applied event moves the interest state even when the text stays the same
-            updates.append((uid, text, changed or "A" in res.statuses or "R" in res.statuses))
+            # an applied event moves the interest state even when the text stays the same:
+            # the user is marked, but an unchanged text is not written again ('')
+            redo = "R" in res.statuses
+            updates.append((uid, text if changed or redo else "",
+                            changed or redo or "A" in res.statuses))
         result.users = len(results)
         result.marked = self.store.store_texts(updates, rfm)                  # step 3
         m.dirty_marks.inc(result.marked)
