@@ -100,3 +100,36 @@ def test_a_typical_user_stays_compact(infra: Settings, unique: str) -> None:
     assert store.client.object("encoding", store.keys.features("u")) == b"listpack"
     assert store.client.object("encoding", store.keys.dedup("u")) == b"listpack"
     assert store.memory_usage("u") < 4096
+
+
+def test_interest_state_is_anchored_rescaled_and_capped(infra: Settings, unique: str) -> None:
+    """Anchored weights: w·2^((t − anchor)/half_life); past 60 half-lives the state is
+    re-anchored (every weight rescaled, ratios kept); past max_items the smallest go."""
+    settings = infra.model_copy(update={
+        "redis": infra.redis.model_copy(update={"key_prefix": unique}),
+        "interest": infra.interest.model_copy(update={"half_life_days": 1 / 86_400,
+                                                      "max_items": 3})})
+    store = FeatureStore(redis.Redis(host=infra.redis.host, port=infra.redis.port), settings)
+    hl = 1_000  # ms
+
+    def event(n: int, item: str, ts: int, weight: float) -> PendingEvent:
+        ev = Event(event_id=f"e{n}", user_id="u", ts_ms=ts, type="view", item_id=item)
+        return PendingEvent(ev.event_id, increments(ev, settings.ingest), "t", 0, n, item,
+                            weight)
+
+    store.apply({"u": [event(0, "a", BASE_MS, 1.0), event(1, "b", BASE_MS + 2 * hl, 0.5)]})
+    got = store.read_interest("u")
+    assert got["a"] == pytest.approx(1.0) and got["b"] == pytest.approx(0.5 * 4)
+    # 70 half-lives later: re-anchored at that event, the ratios of the old ones kept
+    store.apply({"u": [event(2, "c", BASE_MS + 70 * hl, 1.0)]})
+    got = store.read_interest("u")
+    assert got["c"] == pytest.approx(1.0)
+    assert got["a"] == pytest.approx(2.0 ** -70, rel=1e-9)
+    assert got["b"] / got["a"] == pytest.approx(2.0, rel=1e-9)
+    # a fourth item: the one with the smallest anchored weight (a) is dropped
+    store.apply({"u": [event(3, "d", BASE_MS + 70 * hl, 0.1)]})
+    assert set(store.read_interest("u")) == {"b", "c", "d"}
+    # a redelivered record (offset at or below the watermark) changes nothing
+    before = store.read_interest("u")
+    store.apply({"u": [event(3, "d", BASE_MS + 70 * hl, 0.1)]})
+    assert store.read_interest("u") == before
