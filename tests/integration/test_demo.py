@@ -29,6 +29,10 @@ def test_demo_runs_end_to_end_and_cleans_up(infra: Settings) -> None:
     assert ari, out[-1500:]
     assert float(ari.group(1)) >= 0.6 and int(ari.group(2)) >= 100
     assert re.search(r"freshness .* p50 [0-9.]+s, p99 [0-9.]+s", out.replace("\n", " "))
+    # the interest path: items embedded once each, users' vectors without a transformer pass
+    views = re.search(r"views: interest [0-9.]+ \+ feature text [0-9.]+; ([0-9,]+) items "
+                      r"embedded", out.replace("\n", " "))
+    assert views and int(views.group(1).replace(",", "")) > 0, out[-1500:]
     run = re.search(r"logs: \S+/(demo-[0-9-]+)", out)
     assert run, out[:1500]
     admin = KafkaClients(infra.kafka).admin()
@@ -44,6 +48,7 @@ def test_demo_runs_end_to_end_and_cleans_up(infra: Settings) -> None:
     assert shown.returncode == 0, shown.stderr
     user = json.loads(shown.stdout)
     assert user["profile"]["feature_text"]
+    assert user["views"]["interest"]["items_in_vector"] > 0
     segment = user["segment"]
     assert segment["segment_id"] == segment["tier_path"][-1]
     assert 0 < segment["confidence"] <= 1 and segment["memberships"]
