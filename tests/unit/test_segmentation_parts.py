@@ -51,6 +51,24 @@ def test_ctfidf_prefers_distinguishing_terms() -> None:
     assert a == {}
 
 
+def test_labels_name_interests_not_activity() -> None:
+    a: dict[str, float] = {}
+    b: dict[str, float] = {}
+    for _ in range(5):
+        add_text(a, "Mostly games (80%). Recently: chess set. Last 30 days: 11-20 events "
+                    "(plays, views). No purchases. Active in the evening, on weekdays.")
+        add_text(b, "Mostly garden (90%). Recently: rake. Last 30 days: 3-5 events "
+                    "(purchases, clicks). Spent 50-100 on 2 purchases. Active in the "
+                    "morning, mostly on weekends.")
+    ranked = ctfidf({"a": a, "b": b})
+    for sid, interest in (("a", "games"), ("b", "garden")):
+        label, _ = label_and_description(ranked[sid], 3, 8)
+        words = set(label.replace("/", " ").split())
+        assert interest in words, label
+        assert not words & {"plays", "views", "purchases", "clicks", "morning", "evening",
+                            "weekends", "weekdays", "spent"}, label
+
+
 def test_text_changes_lists_added_and_removed_sentences() -> None:
     old = "Last 30 days: 4 views. Mostly books (100%). Recently: dune."
     new = "Last 30 days: 9 views. Mostly books (100%). Recently: dune, emma."

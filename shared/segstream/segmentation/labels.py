@@ -20,12 +20,20 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 if TYPE_CHECKING:
     from segstream.segmentation.core import OnlineSegmenter
 
-# Words of the feature-text template that never distinguish anyone.
+# Words of the feature-text template that never distinguish anyone, and its activity
+# vocabulary (event types, times of day, week pattern, spend): segment labels name
+# interests (categories, item terms), engagement is the separate RFM tier.
 TEMPLATE_WORDS = frozenset({
     "last", "days", "day", "mostly", "recently", "worth", "active", "events", "event",
     "users", "user",
 })
-STOP = frozenset(ENGLISH_STOP_WORDS) | TEMPLATE_WORDS
+ACTIVITY_WORDS = frozenset({
+    "view", "views", "click", "clicks", "add-to-cart", "add-to-carts", "purchase",
+    "purchases", "like", "likes", "share", "shares", "comment", "comments", "play", "plays",
+    "rating", "ratings", "night", "morning", "afternoon", "evening", "evenings", "weekday",
+    "weekdays", "weekend", "weekends", "week", "spent", "latest", "activity",
+})
+STOP = frozenset(ENGLISH_STOP_WORDS) | TEMPLATE_WORDS | ACTIVITY_WORDS
 _WORD = re.compile(r"[a-z][a-z0-9&'+-]*[a-z0-9+]|[a-z]")
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
 MAX_TERMS = 400
