@@ -25,14 +25,15 @@ from segstream.segmentation import Assignment, Observation, OnlineSegmenter, Seg
 from segstream.stream_entry import FIELDS, EmbeddedEntry
 
 ROOT = Path(__file__).resolve().parents[2]
-PER_USER = {"features", "dedup", "titles", "text", "rfm", "emb", "emb_next", "emb_prev",
-            "emb_swap", "seg", "seg_text"}
-QUEUE = {"dirty", "claims", "claim_meta", "fence", "embedded"}
+PER_USER = {"features", "dedup", "titles", "text", "rfm", "interest", "emb", "emb_next",
+            "emb_prev", "emb_swap", "seg", "seg_text"}
+QUEUE = {"dirty", "claims", "claim_meta", "fence", "embedded", "items_dirty", "text_due"}
 SEGMENTER = {"seg_state", "seg_catalog", "seg_lock"}
 PER_SEGMENT = {"seg_members"}  # segmenter-wide slot too: one MULTI writes them all
-ALONE = {"model_registry", "model_prev_state", "model_prev_ids"}
-CACHE = {"cache_vector", "cache_seen"}
-HELPERS = {"text_pattern", "user_of_text"}
+ALONE = {"model_registry", "model_prev_state", "model_prev_ids", "state_epoch"}
+PER_ITEM = {"item", "item_center"}  # one argument: an item id, a model version
+CACHE = {"cache_vector", "cache_seen", "item_vec"}
+HELPERS = {"text_pattern", "user_of_text", "user_keys"}
 
 
 def _key_methods() -> set[str]:
@@ -40,9 +41,10 @@ def _key_methods() -> set[str]:
 
 
 def test_every_key_method_is_classified_and_its_group_shares_a_slot() -> None:
-    assert _key_methods() == PER_USER | QUEUE | SEGMENTER | PER_SEGMENT | ALONE | CACHE | \
-        HELPERS  # a new key must be classified here (and so get its slot checked)
+    assert _key_methods() == PER_USER | QUEUE | SEGMENTER | PER_SEGMENT | ALONE | PER_ITEM | \
+        CACHE | HELPERS  # a new key must be classified here (and so get its slot checked)
     keys = Keys("ss")
+    assert sorted(keys.user_keys("u")) == sorted(getattr(keys, m)("u") for m in PER_USER)
     for uid in ("u1", "user:with:colons", "ünï", "x}y"):
         slots = {key_slot(getattr(keys, m)(uid).encode()) for m in PER_USER}
         assert len(slots) == 1, uid  # one Lua call / pipeline may touch them together
@@ -53,6 +55,7 @@ def test_every_key_method_is_classified_and_its_group_shares_a_slot() -> None:
     every = [getattr(keys, m)("u") for m in PER_USER] + \
         [getattr(keys, m)() for m in QUEUE | SEGMENTER | ALONE] + \
         [getattr(keys, m)("s1") for m in PER_SEGMENT] + \
+        [getattr(keys, m)("i1") for m in PER_ITEM] + \
         [getattr(keys, m)("model@1", "abc") for m in CACHE]
     assert len(set(every)) == len(every)  # no two keys collide
     assert all(k.startswith(("ss:", "{ss:")) for k in every)  # the ACL prefix holds
