@@ -167,11 +167,13 @@ def memory(base: Settings, users: int, days: int) -> dict[str, float]:
     after = int(client.info("memory")["used_memory"])
     pipe = client.pipeline(transaction=False)
     uids = list(states)
+    per_key = len(store.user_keys(uids[0])) if uids else 0  # every per-user key
     for uid in uids:
         for key in store.user_keys(uid):
             pipe.memory_usage(key, samples=0)
     sizes = pipe.execute()
-    per_user = [sum(s or 0 for s in sizes[i * 4:(i + 1) * 4]) for i in range(len(uids))]
+    per_user = [sum(s or 0 for s in sizes[i * per_key:(i + 1) * per_key])
+                for i in range(len(uids))]
     cleanup(client, settings)
     return {"users": len(uids), "events": events, "events_per_user": events / len(uids),
             "mean_bytes": statistics.fmean(per_user), "p50_bytes": statistics.median(per_user),
