@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from segstream.config import Settings
-from segstream.encoding import Encoder, vec_to_bytes
+from segstream.encoding import Encoder, vec_from_bytes, vec_to_bytes
 from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
 from segstream.keys import Keys
 from segstream.offline import build_profiles
@@ -25,6 +25,7 @@ from segstream.records import load_schema
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
 from segstream_services.cli import main
 from segstream_services.encoder.service import EncoderWorker
+from segstream_services.encoder.views import combine
 from segstream_services.rollout.registry import Registry
 from segstream_services.rollout.service import Rollout
 from segstream_services.segmenter import store
@@ -75,7 +76,9 @@ def _seed(client: redis.Redis, settings: Settings, encoder: Encoder) -> dict[str
     profiles = build_profiles(events, settings.ingest)
     users = sorted(profiles)
     keys = Keys(settings.redis.key_prefix)
-    vecs = encoder.encode([profiles[u].text for u in users])
+    weights = settings.interest.view_weights  # text-only users, combined as live workers do
+    vecs = [combine({"text": v}, weights, encoder.dim)
+            for v in encoder.encode([profiles[u].text for u in users])]
     model = OnlineSegmenter(SegConfig(k=4, seed=0))
     model.model_version = encoder.model_version
     got = model.fit([Observation(u, v, profiles[u].text) for u, v in
@@ -198,3 +201,103 @@ def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka
     assert redis_conn.hget(keys.emb(users[5]), "model_version").decode() == \
         new.model_version
     assert np.isfinite(share)
+
+
+def test_rollout_builds_the_vectors_live_workers_build(
+        settings: Settings, redis_conn: redis.Redis, tiny_base: Path,  # noqa: F811
+        tmp_path: Path) -> None:
+    """Interest-path users (events through ingest, items with titles and categories): after
+    a rollout each user's vector is the combination of views a live worker computes under
+    the new model — recounted here from the new model's item and text embeddings — with
+    the live dimension, and a live worker on the new model finds every vector unchanged."""
+    from segstream.events import event_from_dict
+    from segstream.feature_store import FeatureStore
+    from segstream.finetune import make_pairs
+    from segstream.interest import item_text
+    from segstream.synthetic import SyntheticStream
+    from segstream_services.encoder.items import read_center
+    from segstream_services.encoder.views import active_views, interest_vector
+    from tests.helpers import create_event_topics
+    from tests.integration.test_interest_path import drain, ingest, synthetic_events
+
+    s = settings.model_copy(deep=True)
+    unique = s.redis.key_prefix
+    s.topics.events, s.topics.dlq = f"{unique}.events", f"{unique}.dlq"
+    s.ingest = s.ingest.model_copy(update={"group_id": f"{unique}.ingest", "metrics_port": 0})
+    s.encoder = s.encoder.model_copy(update={"metrics_port": 0})
+    s.interest = s.interest.model_copy(update={  # both views, the catalogue centre on
+        "view_weights": {"interest": 1.0, "text": 0.5}, "center_items": True})
+    weights = s.interest.view_weights
+    create_event_topics(s, 1)
+    events = synthetic_events(24, seed=7)
+    ingest(s, events)
+    old = Encoder(tiny_base, device="cpu", dtype="float32")
+    allowed = s.events.allowed_types
+    pairs = make_pairs([event_from_dict(r, allowed) for r in
+                        SyntheticStream(users=48, days=14, seed=11).events()],
+                       s.ingest, pairs_per_user=2)
+    new = Encoder(_run(tiny_base, tmp_path, pairs, min_delta=0.0, lr=3e-3).path,
+                  device="cpu", dtype="float32")
+    assert new.model_version != old.model_version
+    keys = Keys(unique)
+    worker = EncoderWorker(s, encoder=old, client=redis_conn)
+    drain(worker)  # live vectors under the old model
+    users = sorted({e["user_id"] for e in events})
+    live_dim = len(active_views(weights)) * old.dim
+    old_vecs = {u: redis_conn.hget(keys.emb(u), "vec") for u in users}
+    assert all(len(vec_from_bytes(v)) == live_dim for v in old_vecs.values() if v)
+    seg = OnlineSegmenter(SegConfig(k=3, seed=0))
+    seg.model_version = old.model_version
+    got = seg.fit([Observation(u, vec_from_bytes(old_vecs[u])) for u in users], 1)
+    pipe = redis_conn.pipeline(transaction=False)
+    for a in got:
+        pipe.hset(keys.seg(a.key), mapping={"segment_id": a.segment_id,
+                                           "model_version": old.model_version})
+    pipe.hset(keys.seg_state(), mapping={"model": store.encode_model(seg), "rev": 1})
+    pipe.execute()
+
+    rollout = Rollout(redis_conn, unique, lambda *_: None, "-", "-", settings=s)
+    rollout.start("new", new.model_version, str(tiny_base), old.model_version)
+    assert rollout.reembed(new, rollout.users()) > 0
+    rollout.cutover(rollout.users())
+
+    # The recount: the new model's item vectors (embedded from the items' texts), the
+    # interest view over the user's state, the text view, combined with the view weights.
+    state = FeatureStore(redis_conn, s)
+    center = read_center(redis_conn, keys, new.model_version)
+    assert center is not None
+    items = sorted({i for u in users for i in state.read_interest(u)})
+    texts = [item_text(*(f.decode() if f else None for f in redis_conn.hmget(
+        keys.item(i), ["title", "category", "description"])), s.interest.item_text_chars)
+        for i in items]
+    assert all(t is not None for t in texts)
+    item_vecs = {}
+    for i, fresh in zip(items, new.encode([t or "" for t in texts]), strict=True):
+        stored = vec_from_bytes(redis_conn.get(keys.item_vec(new.model_version, i)))
+        assert np.allclose(stored, fresh, atol=2e-3), i
+        item_vecs[i] = stored / np.linalg.norm(stored)
+    for uid in users:
+        emb = redis_conn.hgetall(keys.emb(uid))
+        assert emb[b"model_version"] == new.model_version.encode()
+        text = redis_conn.get(keys.text(uid)).decode()
+        iv, outcome, _ = interest_vector(state.read_interest(uid), item_vecs, center)
+        assert outcome == "ok"
+        expected = combine({"interest": iv, "text": new.encode([text])[0]}, weights, new.dim)
+        vec = vec_from_bytes(emb[b"vec"])
+        assert expected is not None and vec.shape == (live_dim,)
+        assert np.allclose(vec, expected, atol=3e-3), uid
+        assert redis_conn.hget(keys.emb_prev(uid), "vec") == old_vecs[uid]
+
+    # A live worker on the new model recomputes every user: nothing changes.
+    worker.swap_encoder(new)
+    after = {u: redis_conn.hget(keys.emb(u), "vec") for u in users}
+    worker.totals.clear()
+    redis_conn.zadd(keys.dirty(), dict.fromkeys(users, 1))
+    drain(worker)
+    assert worker.totals["unchanged"] == len(users) and worker.totals["vector"] == 0
+    assert worker.totals["texts_encoded"] == 0 and worker.totals["item_embedded"] == 0
+    assert {u: redis_conn.hget(keys.emb(u), "vec") for u in users} == after
+
+    # Rollback swaps the vectors back: the old model's live vectors return.
+    rollout.rollback()
+    assert {u: redis_conn.hget(keys.emb(u), "vec") for u in users} == old_vecs

@@ -26,7 +26,6 @@ stream is over ``stream_maxlen`` the worker claims nothing (back-pressure, never
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -52,7 +51,13 @@ from segstream_services.encoder.items import ItemVectors
 from segstream_services.encoder.language import language_warning
 from segstream_services.encoder.metrics import EncoderMetrics
 from segstream_services.encoder.textview import TextView
-from segstream_services.encoder.views import active_views, combine, interest_vector
+from segstream_services.encoder.views import (
+    active_views,
+    combine,
+    interest_vector,
+    state_of,
+    vec_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +167,7 @@ class EncoderWorker:
             pipe.get(self.keys.text(uid))
             pipe.hmget(self.keys.emb(uid), _EMB_READ)
         replies = pipe.execute()
-        states = [{i.decode(): float(w) for i, w in replies[3 * n]} if use_interest else {}
+        states = [state_of(replies[3 * n]) if use_interest else {}
                   for n in range(len(claim.users))]
         vectors = self.items.vectors({i for st in states for i in st}) if use_interest else {}
         center = self.items.center() if use_interest else None
@@ -199,7 +204,7 @@ class EncoderWorker:
                 release.append(uid)
                 continue
             data = vec_to_bytes(vec)
-            vhash = hashlib.blake2b(data, digest_size=8).hexdigest()
+            vhash = vec_hash(data)
             th = (text_hash_ or "") if current_text(views) else ""
             if old_model == version and old_hash == vhash:
                 report.outcomes["unchanged"] += 1

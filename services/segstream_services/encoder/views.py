@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,18 @@ def interest_vector(weights: Mapping[str, float], vectors: Mapping[str, np.ndarr
     if norm <= EPS * float(w.sum()):
         return None, "zero", len(used)
     return total / norm, "ok", len(used)
+
+
+def state_of(reply: list[tuple[bytes, float]]) -> dict[str, float]:
+    """A user's interest state (item → weight) from ``ZRANGE interest(uid) 0 -1
+    WITHSCORES``."""
+    return {i.decode(): float(w) for i, w in reply}
+
+
+def vec_hash(data: bytes) -> str:
+    """The ``vec_hash`` stored beside a vector's bytes (an unchanged vector is not
+    rewritten)."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def active_views(weights: Mapping[ViewName, float]) -> list[ViewName]:

@@ -7,6 +7,7 @@ segmenter, so it lives here and uses only their public surfaces (``Encoder``,
 
 - ``registry``: the model registry hash and ``ModelWatcher`` (encoder workers switch models
   without a restart);
+- ``vectors``: users' vectors under the new model, by the live encoder's view code;
 - ``migrate``: the refit in the new space, the id bound and ``RolloutReport`` (no I/O);
 - ``service``: ``Rollout``, the phases against Redis and Kafka.
 """

@@ -3,10 +3,13 @@
 ``segstream model rollout DIR`` runs these phases (the registry records each, so every
 process and ``segstream model status`` can see where it stands):
 
-1. ``reembedding``: every user's current feature text is encoded with the new model into a
-   shadow hash ``Keys.emb_next``; the encoder workers keep serving the old version and
-   the segmenter keeps assigning in the old space meanwhile. Users whose text changed
-   while this ran are re-encoded until none is stale.
+1. ``reembedding``: every user's vector is built under the new model into a shadow hash
+   ``Keys.emb_next`` by the live encoder's view code (``vectors``: the items the users
+   need embedded under the new version, the interest view, the feature-text view when
+   its weight is positive, combined as the workers combine them); the encoder workers
+   keep serving the old version and the segmenter keeps assigning in the old space
+   meanwhile. Users whose interest state or text changed while this ran are rebuilt
+   until none is stale.
 2. ``cutover`` (under the segmenter's lock): the segmenter refits in the new space with
    ``OnlineSegmenter.refit_by_members`` — segment ids follow their members — and only
    users whose id changed get a change record (carrying the new ``model_version``);
@@ -30,7 +33,8 @@ from typing import Any
 
 import redis
 
-from segstream.encoding import Encoder, text_hash, vec_from_bytes, vec_to_bytes
+from segstream.config import Settings
+from segstream.encoding import Encoder, vec_from_bytes
 from segstream.errors import StateError
 from segstream.keys import Keys
 from segstream.records import change_record
@@ -39,6 +43,7 @@ from segstream.segmentation import Assignment, Observation, OnlineSegmenter
 from segstream.segmentation.labels import text_changes
 from segstream_services.rollout.migrate import RolloutReport, migrate, restore
 from segstream_services.rollout.registry import Registry
+from segstream_services.rollout.vectors import NextVectors
 from segstream_services.segmenter import store
 
 KeyOf = Callable[[str], str]  # a per-user key method of ``Keys``
@@ -49,8 +54,10 @@ class Rollout:
 
     def __init__(self, client: redis.Redis, prefix: str, publish: store.Publish,
                  segments_topic: str, catalog_topic: str, batch: int = 256,
-                 assignments_topic: str | None = None, user_ttl_s: int = 0) -> None:
+                 assignments_topic: str | None = None, user_ttl_s: int = 0,
+                 settings: Settings | None = None) -> None:
         self.client = client
+        self.settings = settings or Settings()  # the view weights and item settings
         self.keys = Keys(prefix)
         self.registry = Registry(client, self.keys)
         self.user_ttl_s = user_ttl_s  # per-user keys it writes expire (0: never)
@@ -71,55 +78,51 @@ class Rollout:
 
     def reembed(self, encoder: Encoder, users: list[str],
                 progress: Callable[[int], None] | None = None, max_passes: int = 5) -> int:
-        """Encode every user's current text with ``encoder`` into ``emb_next``; repeat for
-        users whose text changed meanwhile. Returns the number of texts encoded."""
-        version = encoder.model_version
+        """Build every user's vector under ``encoder`` into ``emb_next`` exactly as a live
+        encoder worker would (``vectors.NextVectors``: item vectors, interest and text
+        views, ``views.combine``); repeat for users whose interest state or text changed
+        meanwhile. Returns the number of item and feature texts encoded."""
+        built = NextVectors(self.client, self.keys, self.settings, encoder)
         todo, encoded = list(users), 0
         for _ in range(max_passes):
-            for start in range(0, len(todo), self.batch):
+            need: list[str] = []
+            for start in range(0, len(todo), self.batch):  # items first: one centre
                 chunk = todo[start:start + self.batch]
+                profiles = built.read(chunk)
                 pipe = self.client.pipeline(transaction=False)
-                for uid in chunk:
-                    pipe.get(self.keys.text(uid))
-                    pipe.hmget(self.keys.emb_next(uid), ["model_version", "text_hash"])
-                got = pipe.execute()
-                need: dict[str, str] = {}
-                for i, uid in enumerate(chunk):
-                    raw, (mv, th) = got[2 * i], got[2 * i + 1]
-                    if raw is None:
-                        continue
-                    text = raw.decode("utf-8", errors="replace")
-                    if mv == version.encode() and th == text_hash(text).encode():
-                        continue
-                    need[uid] = text
-                distinct = sorted(set(need.values()))
-                vecs = dict(zip(distinct, encoder.encode(distinct), strict=True)) \
-                    if distinct else {}
-                encoded += len(distinct)
+                for uid in profiles:
+                    pipe.hmget(self.keys.emb_next(uid), ["model_version", "profile_digest"])
+                stale = {uid: profiles[uid] for uid, (mv, digest) in
+                         zip(profiles, pipe.execute(), strict=True)
+                         if mv != encoder.model_version.encode()
+                         or digest != profiles[uid][2].encode()}
+                need.extend(stale)
+                encoded += built.embed_items(stale)
+                if progress:
+                    progress(len(chunk))
+            center = built.center()
+            for start in range(0, len(need), self.batch):
+                rows, texts = built.build(built.read(need[start:start + self.batch]), center)
+                encoded += texts
                 pipe = self.client.pipeline(transaction=False)
-                for uid, text in need.items():
-                    pipe.hset(self.keys.emb_next(uid), mapping={
-                        "vec": vec_to_bytes(vecs[text]), "model_version": version,
-                        "text_hash": text_hash(text), "encoded_ms": int(time.time() * 1000)})
+                for uid, fields in rows.items():
+                    pipe.delete(self.keys.emb_next(uid))
+                    pipe.hset(self.keys.emb_next(uid), mapping=hash_fields(fields))
                     if self.user_ttl_s:  # COPY to emb/emb_prev carries the TTL along
                         pipe.expire(self.keys.emb_next(uid), self.user_ttl_s)
                 pipe.execute()
-                if progress:
-                    progress(len(chunk))
-            todo = self._changed_since(users)  # texts that changed while this pass ran
+            todo = self._changed_since(built, users)  # profiles that changed meanwhile
             if not todo:
                 break
         return encoded
 
-    def _changed_since(self, users: list[str]) -> list[str]:
+    def _changed_since(self, built: NextVectors, users: list[str]) -> list[str]:
+        profiles = built.read(users)
         pipe = self.client.pipeline(transaction=False)
-        for uid in users:
-            pipe.get(self.keys.text(uid))
-            pipe.hget(self.keys.emb_next(uid), "text_hash")
-        got = pipe.execute()
-        return [uid for i, uid in enumerate(users)
-                if got[2 * i] is not None and (got[2 * i + 1] or b"").decode()
-                != text_hash(got[2 * i].decode("utf-8", errors="replace"))]
+        for uid in profiles:
+            pipe.hget(self.keys.emb_next(uid), "profile_digest")
+        return [uid for uid, digest in zip(profiles, pipe.execute(), strict=True)
+                if (digest or b"").decode() != profiles[uid][2]]
 
     # ------------------------------------------------------------------ phases
     def start(self, path: str, version: str, current_path: str, current_version: str) -> None:

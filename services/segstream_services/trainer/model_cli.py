@@ -57,7 +57,7 @@ def _rollout(settings: Settings) -> Any:
     return Rollout(client, settings.redis.key_prefix, publish, settings.topics.segments,
                    settings.topics.catalog,
                    assignments_topic=settings.topics.assignments,
-                   user_ttl_s=settings.redis.user_ttl_s), producer
+                   user_ttl_s=settings.redis.user_ttl_s, settings=settings), producer
 
 
 def _print_report(report: Any, what: str) -> None:
