@@ -113,9 +113,11 @@ def test_client_reads_typed_state_and_sets_stay_exact_through_moves(
                what="every user assigned")
     client = SegmentClient(settings, redis_conn=redis_conn, kafka=kafka)
 
-    # every first assignment is a change whose freshness the segmenter observed
+    # every first assignment is a change whose freshness the segmenter observed (after it
+    # stored the batch it publishes, then observes: wait for the publish to finish)
     sample = segmenter.metrics.base.registry.get_sample_value
-    assert sample("segstream_freshness_seconds_count") >= len(users)
+    wait_until(lambda: (sample("segstream_freshness_seconds_count") or 0) >= len(users), 30,
+               what="freshness observed for every first assignment")
     assert 0 <= sample("segstream_freshness_seconds_sum") / sample(
         "segstream_freshness_seconds_count") < 60
 
