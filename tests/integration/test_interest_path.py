@@ -15,7 +15,7 @@ import redis
 import torch
 
 from segstream.config import Settings
-from segstream.encoding import Encoder, vec_from_bytes
+from segstream.encoding import Encoder, text_hash, vec_from_bytes
 from segstream.feature_store import FeatureStore
 from segstream.redis_io import Keys
 from segstream.synthetic import SyntheticStream
@@ -255,6 +255,22 @@ def test_text_view_is_rate_limited_and_coalesced(
     assert worker.totals["texts_encoded"] == 2
     now = redis_conn.hgetall(keys.emb("u"))
     assert now[b"text_hash"] != first[b"text_hash"] and now[b"vec_hash"] != first[b"vec_hash"]
+
+
+def test_due_texts_taken_by_a_worker_that_dies_are_embedded_by_another(
+        infra: Settings, redis_conn: redis.Redis, unique: str, encoder: Encoder) -> None:
+    settings = settings_for(infra, unique, interest=1.0, text=0.5, lease_s=1.0)
+    keys = Keys(unique)
+    text = "Mostly garden (100%). Recently: Rake."
+    redis_conn.set(keys.text("u"), text)
+    redis_conn.zadd(keys.text_due(), {"u": 0})
+    dead = EncoderWorker(settings, encoder=encoder, client=redis_conn)
+    assert dead.text.take() == ["u"]  # ... and the worker died before writing the vector
+    assert redis_conn.zscore(keys.text_due(), "u") is not None  # leased, still queued
+    other = EncoderWorker(settings, encoder=encoder, client=redis_conn)
+    wait_until(lambda: other.text_step() == 1, timeout_s=30, what="the leased text, again")
+    assert redis_conn.hget(keys.emb("u"), "text_hash") == text_hash(text).encode()
+    assert redis_conn.zcard(keys.text_due()) == 0  # written: the lease ended
 
 
 def test_text_weight_zero_never_runs_the_model_on_texts(

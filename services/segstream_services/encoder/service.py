@@ -135,7 +135,8 @@ class EncoderWorker:
         self.items = ItemVectors(self.client, self.keys, self.settings, self.encoder,
                                  self.worker_id)
         self.text = TextView(self.client, self.keys, self.encoder, self.cache,
-                             self.cfg.text_min_interval_s, self.cfg.text_batch)
+                             self.cfg.text_min_interval_s, self.cfg.text_batch,
+                             lease_s=self.cfg.lease_s)
 
     def step(self) -> BatchReport | Claim:
         """Embed queued items, then try one claim; process it if it got users. Returns the

@@ -24,11 +24,14 @@ from segstream.encoding import Encoder, text_hash, vec_to_bytes
 from segstream.keys import Keys
 from segstream_services.encoder.cache import EmbeddingCache
 
-POP_DUE = """
+# Take up to ARGV[1] due users, leased: each stays queued with its time moved ARGV[2] ms
+# ahead, so a worker that dies before writing their vectors leaves them to another worker;
+# ``step`` removes them once written.
+TAKE_DUE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+for _, user in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), user) end
 return due
 """
 
@@ -37,15 +40,17 @@ class TextView:
     """Queue and embed users' feature texts under one encoder."""
 
     def __init__(self, client: redis.Redis, keys: Keys, encoder: Encoder,
-                 cache: EmbeddingCache | None, min_interval_s: float, batch: int) -> None:
+                 cache: EmbeddingCache | None, min_interval_s: float, batch: int,
+                 lease_s: float = 60.0) -> None:
         self.client = client
         self.keys = keys
         self.encoder = encoder
         self.cache = cache
         self.min_interval_ms = int(min_interval_s * 1000)
         self.batch = batch
+        self.lease_ms = int(lease_s * 1000)
         self.counts: Counter[str] = Counter()
-        self._pop = client.register_script(POP_DUE)
+        self._take = client.register_script(TAKE_DUE)
 
     def due_at(self, text_ms: int | None, now_ms: int) -> int:
         """When a user whose text was last embedded at ``text_ms`` may be embedded again."""
@@ -56,9 +61,15 @@ class TextView:
         if due:
             self.client.zadd(self.keys.text_due(), due, nx=True)
 
+    def take(self) -> list[str]:
+        """Lease up to ``batch`` due users (they stay queued ``lease_s`` ahead until written:
+        a worker that dies holding them leaves them to another)."""
+        return [u.decode() for u in self._take(keys=[self.keys.text_due()],
+                                               args=[self.batch, self.lease_ms])]
+
     def step(self) -> int:
         """Embed up to ``batch`` due users' texts; returns how many texts were embedded."""
-        users = [u.decode() for u in self._pop(keys=[self.keys.text_due()], args=[self.batch])]
+        users = self.take()
         if not users:
             return 0
         version = self.encoder.model_version
@@ -82,6 +93,7 @@ class TextView:
             todo[uid] = thash
             texts.setdefault(thash, text)
         if not todo:
+            self.client.zrem(self.keys.text_due(), *users)
             return 0
         vectors = self._vectors(texts, Counter(todo.values()))
         now_ms = time.time_ns() // 1_000_000
@@ -91,6 +103,7 @@ class TextView:
                 "text_vec": vec_to_bytes(vectors[thash]), "text_hash": thash,
                 "text_model": version, "text_ms": now_ms})
         pipe.zadd(self.keys.dirty(), dict.fromkeys(todo, now_ms), nx=True)
+        pipe.zrem(self.keys.text_due(), *users)  # written: the lease ends
         pipe.execute()
         self.counts["text_embedded"] += len(todo)
         return len(todo)
