@@ -1,39 +1,16 @@
 """The ingest consumer: Kafka events -> validation and cleaning -> Redis features -> texts.
 
-Dead-letter records (``settings.topics.dlq``) keep the original key and value bytes (a
-tombstone stays a tombstone) and carry these headers (UTF-8 values):
-
-- ``segstream.reason``            the reason code (``segstream.events.REASONS``)
-- ``segstream.detail``            a human-readable detail, at most 200 characters
-- ``segstream.source.topic``      the topic the record was read from
-- ``segstream.source.partition``  its partition (decimal)
-- ``segstream.source.offset``     its offset (decimal)
-- ``segstream.source.timestamp``  its Kafka timestamp, epoch ms (decimal)
-
-A value longer than ``events.dlq_max_value_bytes`` (a key longer than ``DLQ_MAX_KEY_BYTES``)
-is stored truncated to that prefix, so the dead letter fits the broker's record limit,
-with ``segstream.original.size`` / ``segstream.original.sha256`` (the whole value's byte
-count and SHA-256, hex) and ``segstream.original.key_size`` / ``.key_sha256`` likewise.
-
-Delivery to the DLQ is at-least-once (a crash before the offset commit produces the same
-dead letter again); feature state is effectively once (see ``feature_store``). A dead
-letter the broker refuses blocks its batch (dropping it would lose the record): the batch
-is retried with backoff, sending again only the dead letters not yet acknowledged; after
-``DLQ_UNHEALTHY_AFTER`` failed attempts in a row ``/healthz`` fails its ``dlq`` check and
-``segstream_ingest_dlq_blocked`` is 1 until one succeeds
-(``segstream_ingest_dlq_produce_failures_total`` counts the failed sends).
+Invalid records become dead letters (format and blocking behaviour: ``dead_letters``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -47,89 +24,17 @@ from segstream.features import Rfm, increments, summarize, zone
 from segstream.interest import event_weight
 from segstream.kafka_client import KafkaClientError, KafkaClients, TopicPartition, kafka_clients
 from segstream.redis_io import check_redis, redis_client
+from segstream_services.ingest.batch import BatchResult, Cleaned, Prepared, RunStats
+from segstream_services.ingest.dead_letters import dead_letter
 from segstream_services.ingest.metrics import IngestMetrics
 from segstream_services.ingest.topic_ids import TopicIds
 
 log = logging.getLogger("segstream.ingest")
-DLQ_MAX_KEY_BYTES = 1024
 DLQ_UNHEALTHY_AFTER = 3  # failed dead-letter attempts in a row before /healthz fails
 DLQ_REMEMBER = 100_000  # positions of acknowledged dead letters kept for retries
 STATUS_OUTCOME = {"A": ("applied", ""), "R": ("duplicate", "redelivery"),
                   "D": ("duplicate", "event_id"), "B": ("cleaned", "bot_rate"),
                   "O": ("cleaned", "outside_window")}
-
-
-@dataclass
-class Cleaned:
-    """A valid event that a cleaning rule drops."""
-
-    rule: str
-    detail: str
-
-
-@dataclass
-class BatchResult:
-    """Counts of one processed batch (also what tests and the benchmark read)."""
-
-    records: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
-    users: int = 0
-    marked: int = 0
-
-
-@dataclass
-class RunStats:
-    """What ``run`` did; ``first_at``/``last_at`` (monotonic) bound the busy period."""
-
-    records: int = 0
-    batches: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
-    first_at: float | None = None
-    last_at: float | None = None
-
-    @property
-    def rate(self) -> float:
-        """Records per second from the first polled batch to the last one done."""
-        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
-            return 0.0
-        return self.records / (self.last_at - self.first_at)
-
-
-@dataclass
-class Prepared:
-    """A batch after step 1: its records, the events per user, the counts so far."""
-
-    records: Sequence[Any]
-    by_user: dict[str, list[PendingEvent]]
-    result: BatchResult
-
-
-def dlq_headers(record: Any, reason: str, detail: str) -> list[tuple[str, bytes]]:
-    """The provenance headers of a dead letter (see the module docstring)."""
-    return [("segstream.reason", reason.encode()),
-            ("segstream.detail", detail[:200].encode("utf-8", "replace")),
-            ("segstream.source.topic", record.topic.encode()),
-            ("segstream.source.partition", str(record.partition).encode()),
-            ("segstream.source.offset", str(record.offset).encode()),
-            ("segstream.source.timestamp", str(record.timestamp).encode())]
-
-
-def _cap(data: bytes | None, limit: int, name: str, headers: list[tuple[str, bytes]]
-         ) -> bytes | None:
-    if data is None or len(data) <= limit:
-        return data
-    headers += [(f"segstream.original.{name}size", str(len(data)).encode()),
-                (f"segstream.original.{name}sha256", hashlib.sha256(data).hexdigest().encode())]
-    return data[:limit]
-
-
-def dead_letter(record: Any, reason: str, detail: str, max_value_bytes: int
-                ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """(key, value, headers) of a record's dead letter: the original bytes, truncated past
-    the limits with the original's size and SHA-256 in headers (module docstring)."""
-    headers = dlq_headers(record, reason, detail)
-    key = _cap(record.key, DLQ_MAX_KEY_BYTES, "key_", headers)
-    return key, _cap(record.value, max_value_bytes, "", headers), headers
 
 
 class IngestService:
