@@ -72,11 +72,15 @@ def start_segmenter(settings: Settings, kafka: KafkaClients, name: str,
 
 
 def mark(client: redis.Redis, keys: Keys, users: dict[str, str]) -> None:
-    """Texts and dirty marks, as ingest writes them."""
+    """Texts, interest states (one item: the user's category) and dirty marks, as ingest
+    writes them."""
     now = time.time_ns() // 1_000_000
     pipe = client.pipeline(transaction=False)
+    for cat in CATS:
+        pipe.hset(keys.item(cat), mapping={"title": f"{cat} item", "category": cat})
     for uid, text in users.items():
         pipe.set(keys.text(uid), text)
+        pipe.zadd(keys.interest(uid), {next(c for c in CATS if c in text): 1.0})
         pipe.zadd(keys.dirty(), {uid: now}, nx=True)
     pipe.execute()
 
