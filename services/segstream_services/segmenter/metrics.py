@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry
 
 from segstream.metrics import ServiceMetrics
+from segstream.segmentation import Assignment, OnlineSegmenter
 
 OUTCOMES = ("processed", "duplicate", "coalesced", "applied-before", "missing-embedding",
             "model-mismatch", "invalid")
@@ -61,3 +64,21 @@ class SegmenterMetrics:
         for sid, n in sizes.items():
             self.size.labels(sid).set(n)
         self._sized = set(sizes)
+
+    def observe_batch(self, model: OnlineSegmenter, assignments: list[Assignment],
+                      changes: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        """Counters and gauges after one handled batch."""
+        self.assignments.inc(len(assignments))
+        for r in changes:
+            self.changes.labels(r["explanation"]["reason"]).inc()
+        for e in events:
+            self.lineage.labels(e["event"]).inc()
+        seen_before = [a for a in assignments if a.previous_segment_id is not None]
+        if seen_before:
+            self.churn.set(sum(a.changed for a in seen_before) / len(seen_before))
+        self.sizes({sid: model.segments[sid].size for sid in model.slot_ids})
+        self.active.set(len(model.slot_ids))
+        self.shift.set(model.last_shift)
+        self.inertia.set(model.inertia)
+        self.buffered.set(len(model.buffer))
+        self.version.set(model.version)

@@ -46,7 +46,7 @@ from segstream.segmentation.engagement import engagement_tier
 from segstream.segmentation.labels import text_changes
 from segstream.state_epoch import StateEpoch
 from segstream.stream_entry import EmbeddedEntry
-from segstream_services.segmenter import audience, retention, store
+from segstream_services.segmenter import audience, retention, store, stream
 from segstream_services.segmenter.metrics import SegmenterMetrics
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,6 @@ TRIM_EVERY_S = 1.0
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
-    return int(ms), int(seq or 0)
 
 
 class SegmenterService:
@@ -144,11 +139,7 @@ class SegmenterService:
             self._producer = None
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, self.s.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        stream.ensure_group(self.redis, self.stream, self.s.group)
 
     def _group_lost(self) -> None:
         """The stream or its group vanished (Redis lost its data, or an operator deleted
@@ -224,20 +215,9 @@ class SegmenterService:
             self.metrics.trimmed.inc(self.trim())
 
     def trim(self) -> int:
-        """Remove the stream entries every consumer group has acknowledged: ``XTRIM
-        MINID`` to the oldest entry a group still has pending, or else to the last entry
-        it was delivered (newer ones are unread). Returns the number of entries removed."""
-        floor: tuple[int, int] | None = None
-        for group in self.redis.xinfo_groups(self.stream):
-            first = group["last-delivered-id"]
-            if group["pending"]:
-                first = self.redis.xpending(self.stream, group["name"])["min"] or first
-            at = _stream_id(first)
-            floor = at if floor is None else min(floor, at)
-        if floor is None or floor == (0, 0):
-            return 0
-        return int(self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}",
-                                   approximate=False))
+        """Remove the stream entries every consumer group has acknowledged (returns how
+        many; see ``stream.trim_acknowledged``)."""
+        return stream.trim_acknowledged(self.redis, self.stream)
 
     def _apply(self, latest: dict[str, EmbeddedEntry], lock: Any) -> None:
         users = list(latest)
@@ -282,7 +262,7 @@ class SegmenterService:
         for s in audience.freshness_seconds(changes, {u: st.get("last_active_ms") for u, st
                                                       in states.items()}, now_ms()):
             self.metrics.freshness.observe(s)
-        self._observe_metrics(assignments, changes, events)
+        self.metrics.observe_batch(self.model, assignments, changes, events)
 
     def _observation(self, uid: str, entry: EmbeddedEntry, emb: dict[bytes, bytes],
                      seg: dict[str, str], text: bytes | None, states: dict[str, dict[str, Any]],
@@ -415,7 +395,8 @@ class SegmenterService:
         return out
 
     def _publish(self, topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:
-        """Send and wait for every ack (raises on failure, so nothing gets acked)."""
+        """Send and wait for every ack (raises on failure, so nothing gets acked); the state
+        writer publishes through it."""
         if not records:
             return
         futures = [self.producer.send(topic, json.dumps(v).encode(), key=k.encode())
@@ -423,24 +404,6 @@ class SegmenterService:
         self.producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000)
         for f in futures:
             f.get(timeout=self.settings.kafka.request_timeout_ms / 1000)
-
-    def _observe_metrics(self, assignments: list[Assignment], changes: list[dict[str, Any]],
-                         events: list[dict[str, Any]]) -> None:
-        m = self.metrics
-        m.assignments.inc(len(assignments))
-        for r in changes:
-            m.changes.labels(r["explanation"]["reason"]).inc()
-        for e in events:
-            m.lineage.labels(e["event"]).inc()
-        seen_before = [a for a in assignments if a.previous_segment_id is not None]
-        if seen_before:
-            m.churn.set(sum(a.changed for a in seen_before) / len(seen_before))
-        m.sizes({sid: self.model.segments[sid].size for sid in self.model.slot_ids})
-        m.active.set(len(self.model.slot_ids))
-        m.shift.set(self.model.last_shift)
-        m.inertia.set(self.model.inertia)
-        m.buffered.set(len(self.model.buffer))
-        m.version.set(self.model.version)
 
     # ------------------------------------------------------------------ model state
     def _fresh_model(self) -> OnlineSegmenter:
