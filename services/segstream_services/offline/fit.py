@@ -17,7 +17,7 @@ from typing import Any
 
 from segstream.config import Settings
 from segstream.errors import ConfigError
-from segstream_services.offline.cli import (
+from segstream_services.offline.common import (
     add_window_arg,
     ingest_settings,
     load_encoder,

@@ -26,7 +26,7 @@ DESCRIPTION = (
 
 def register_finetune(sub: Any) -> None:
     """Add ``segstream finetune``."""
-    from segstream_services.offline.cli import add_window_arg
+    from segstream_services.offline.common import add_window_arg
     from segstream_services.source_args import add_source_args
 
     p = sub.add_parser("finetune", help="Fine-tune the encoder on behaviour (self-supervised).",
@@ -104,7 +104,7 @@ def register_finetune(sub: Any) -> None:
 def _events(args: argparse.Namespace, settings: Settings) -> tuple[list, str]:
     from segstream.errors import InvalidEvent
     from segstream.events import event_from_dict
-    from segstream_services.offline.cli import load_events
+    from segstream_services.offline.common import load_events
 
     if args.synthetic == bool(args.file):
         raise ConfigError("give exactly one of --file FILE and --synthetic")
@@ -207,7 +207,7 @@ def cmd_finetune(settings: Settings, args: argparse.Namespace) -> int:
 
     from segstream.encoding import configure_threads
     from segstream.finetune import FinetuneConfig, Trainer
-    from segstream_services.offline.cli import ingest_settings, parse_time
+    from segstream_services.offline.common import ingest_settings, parse_time
     from segstream_services.trainer.progress import bars, print_result
 
     console = Console(stderr=True)

@@ -10,179 +10,34 @@ every failure is a ``KafkaClientError``. No type of either library leaves this p
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
-
 from segstream.config import KafkaSettings
-from segstream.errors import ConfigError, InfraError
+from segstream.errors import ConfigError
+from segstream.kafka_client.interface import (
+    Admin,
+    Consumer,
+    Delivery,
+    KafkaClientError,
+    KafkaClients,
+    Pending,
+    Producer,
+    Record,
+    TopicPartition,
+    TopicSpec,
+)
 
-__all__ = ["Admin", "Consumer", "Delivery", "KafkaClientError", "KafkaClients", "Pending",
-           "Producer", "Record", "TopicPartition", "TopicSpec", "kafka_clients"]
-
-
-class KafkaClientError(InfraError):
-    """A Kafka call failed (unreachable broker, refused commit, undelivered record, ...)."""
-
-
-class TopicPartition(NamedTuple):
-    topic: str
-    partition: int
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record; ``headers`` as (name, value) pairs, ``timestamp_ms`` epoch ms."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: Sequence[tuple[str, bytes]] = ()
-
-    @property
-    def timestamp(self) -> int:
-        """The record timestamp in epoch ms (kafka-python's name for it)."""
-        return self.timestamp_ms
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """Where the broker stored a sent record."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic with the explicit settings it is created with."""
-
-    name: str
-    partitions: int
-    configs: dict[str, str]
-
-
-class Pending(ABC):
-    """A sent record whose delivery may not be confirmed yet."""
-
-    @abstractmethod
-    def get(self, timeout: float = 30.0) -> Delivery:
-        """Wait for the broker's ack; raise ``KafkaClientError`` if it refused or timed out."""
-
-
-class Consumer(ABC):
-    """A consumer with auto-commit off: services commit after their state is durable."""
-
-    @abstractmethod
-    def subscribe(self, topics: Sequence[str]) -> None: ...
-
-    @abstractmethod
-    def assign(self, partitions: Sequence[TopicPartition]) -> None: ...
-
-    @abstractmethod
-    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
-        """Up to ``max_records`` records, waiting up to ``timeout_ms`` for the first."""
-
-    @abstractmethod
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit the next offset to read of each partition (synchronously)."""
-
-    @abstractmethod
-    def assignment(self) -> set[TopicPartition]: ...
-
-    @abstractmethod
-    def position(self, tp: TopicPartition) -> int | None:
-        """The offset of the next record this consumer reads from ``tp``."""
-
-    @abstractmethod
-    def highwater(self, tp: TopicPartition) -> int | None:
-        """The partition's end offset as last seen by a fetch (None: not known yet)."""
-
-    @abstractmethod
-    def committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset of ``tp`` (None: none)."""
-
-    @abstractmethod
-    def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """The partitions' current end offsets, asked from the broker."""
-
-    @abstractmethod
-    def seek(self, tp: TopicPartition, offset: int) -> None: ...
-
-    @abstractmethod
-    def partitions_for(self, topic: str) -> set[int]:
-        """The topic's partition numbers (empty when it does not exist)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Leave the group (no commit) and release the connections."""
-
-
-class Producer(ABC):
-    """A producer that waits for the leader's and ISR's acks and retries safely."""
-
-    @abstractmethod
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> Pending: ...
-
-    @abstractmethod
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every sent record is acked or failed."""
-
-    @abstractmethod
-    def close(self, timeout: float | None = None) -> None: ...
-
-
-class Admin(ABC):
-    """Topic administration."""
-
-    @abstractmethod
-    def list_topics(self) -> set[str]: ...
-
-    @abstractmethod
-    def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
-        """Create the topics that do not exist yet; return the names created (a topic
-        created meanwhile by another process counts as existing)."""
-
-    @abstractmethod
-    def describe(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Partition count and (when set on the topic) cleanup.policy of each existing
-        named topic."""
-
-    @abstractmethod
-    def delete_topics(self, names: Sequence[str]) -> None: ...
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-
-class KafkaClients(ABC):
-    """Builds consumers, producers and admin clients that share connection settings.
-
-    Options are the same for both backends: consumer ``auto_offset_reset``
-    (earliest/latest), ``max_poll_records``, ``max_partition_fetch_bytes``,
-    ``fetch_max_bytes``, ``session_timeout_ms``; producer ``linger_ms``, ``batch_size``.
-    """
-
-    name: str
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        self.settings = settings
-
-    @abstractmethod
-    def consumer(self, *topics: str, group_id: str | None,
-                 auto_offset_reset: str = "earliest", **options: Any) -> Consumer: ...
-
-    @abstractmethod
-    def producer(self, **options: Any) -> Producer: ...
-
-    @abstractmethod
-    def admin(self) -> Admin: ...
+__all__ = [
+    "Admin",
+    "Consumer",
+    "Delivery",
+    "KafkaClientError",
+    "KafkaClients",
+    "Pending",
+    "Producer",
+    "Record",
+    "TopicPartition",
+    "TopicSpec",
+    "kafka_clients",
+]
 
 
 def kafka_clients(settings: KafkaSettings) -> KafkaClients:

@@ -11,7 +11,7 @@ from typing import Any
 import confluent_kafka as ck
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from segstream.kafka_client import (
+from segstream.kafka_client.interface import (
     Admin,
     Consumer,
     Delivery,

@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     from kafka.errors import KafkaError, TopicAlreadyExistsError
     from kafka.structs import OffsetAndMetadata
 
-from segstream.kafka_client import (
+from segstream.kafka_client.interface import (
     Admin,
     Consumer,
     Delivery,
