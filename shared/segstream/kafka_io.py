@@ -65,23 +65,9 @@ class KafkaClients:
 
     def common(self) -> dict[str, Any]:
         """Connection and security options every kafka-python client takes."""
-        s = self.settings
-        opts: dict[str, Any] = {
-            "bootstrap_servers": s.bootstrap_servers.split(","),
-            "client_id": s.client_id,
-            "security_protocol": s.security_protocol,
-            "request_timeout_ms": s.request_timeout_ms,
-        }
-        if s.sasl_mechanism:
-            opts["sasl_mechanism"] = s.sasl_mechanism
-            opts["sasl_plain_username"] = s.sasl_username
-            opts["sasl_plain_password"] = (
-                s.sasl_password.get_secret_value() if s.sasl_password else None
-            )
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(s, key):
-                opts[key] = getattr(s, key)
-        return opts
+        from segstream.kafka_client.kafka_python import connection_options
+
+        return connection_options(self.settings)
 
     def producer(self, **overrides: Any) -> KafkaProducer:
         """A producer that waits for the leader's and ISR's acks and retries safely."""

@@ -20,6 +20,7 @@ with warnings.catch_warnings():
     from kafka.errors import KafkaError, TopicAlreadyExistsError
     from kafka.structs import OffsetAndMetadata
 
+from segstream.config import KafkaSettings
 from segstream.kafka_client.interface import (
     Admin,
     Consumer,
@@ -187,6 +188,25 @@ class _Admin(Admin):
         self.a.close()
 
 
+def connection_options(s: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options every kafka-python client takes."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap_servers.split(","),
+        "client_id": s.client_id,
+        "security_protocol": s.security_protocol,
+        "request_timeout_ms": s.request_timeout_ms,
+    }
+    if s.sasl_mechanism:
+        opts["sasl_mechanism"] = s.sasl_mechanism
+        opts["sasl_plain_username"] = s.sasl_username
+        opts["sasl_plain_password"] = (
+            s.sasl_password.get_secret_value() if s.sasl_password else None)
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(s, key):
+            opts[key] = getattr(s, key)
+    return opts
+
+
 class KafkaPythonClients(KafkaClients):
     """kafka-python clients."""
 
@@ -194,22 +214,7 @@ class KafkaPythonClients(KafkaClients):
 
     def common(self) -> dict[str, Any]:
         """Connection and security options every kafka-python client takes."""
-        s = self.settings
-        opts: dict[str, Any] = {
-            "bootstrap_servers": s.bootstrap_servers.split(","),
-            "client_id": s.client_id,
-            "security_protocol": s.security_protocol,
-            "request_timeout_ms": s.request_timeout_ms,
-        }
-        if s.sasl_mechanism:
-            opts["sasl_mechanism"] = s.sasl_mechanism
-            opts["sasl_plain_username"] = s.sasl_username
-            opts["sasl_plain_password"] = (
-                s.sasl_password.get_secret_value() if s.sasl_password else None)
-        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(s, key):
-                opts[key] = getattr(s, key)
-        return opts
+        return connection_options(self.settings)
 
     def consumer(self, *topics: str, group_id: str | None,
                  auto_offset_reset: str = "earliest", **options: Any) -> Consumer:
