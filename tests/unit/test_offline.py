@@ -111,15 +111,17 @@ def test_interest_view_from_item_texts(events: list[Event], settings: Settings,
     cut = sorted(e.ts_ms for e in events)[len(events) // 2]
     vectors = dict(zip(texts, embed(list(texts.values())), strict=True))
     by_time, counts = interest_at(events, [cut, stream.end_ms + 1], settings.interest, vectors)
-    agg = InterestAggregator(settings.interest, vectors,
-                             catalogue_center(vectors.values()))
+    center = catalogue_center(vectors.values()) if settings.interest.center_items else None
+    agg = InterestAggregator(settings.interest, vectors, center)
     for e in sorted((e for e in events if e.ts_ms < cut), key=lambda e: (e.ts_ms, e.event_id)):
         agg.observe(e)
     expected = agg.vectors()
     assert set(by_time[cut]) == set(expected)
     for user, vec in expected.items():
         np.testing.assert_allclose(by_time[cut][user], vec, rtol=1e-9)
-    assert counts["embedded"] == len(events)
+    # every event is counted: embedded, or left out with weight 0 (a rating of 2.5 or less)
+    assert counts["embedded"] + counts["zero_weight"] == len(events)
+    assert counts["embedded"] > 0.9 * len(events)
     profiles = build_profiles(events, settings.ingest)
     views = build_views(events, profiles, embed, settings.ingest, settings.interest)
     assert views.interest.shape == views.text.shape and views.no_interest == 0
