@@ -182,6 +182,7 @@ class SegmenterService:
         if self._pending and not raw:
             self._pending = False
         if not raw:
+            self._trim_if_due()  # idle too: an encoder held back at the bound waits for it
             return 0
         t0 = time.perf_counter()
         self.handle(raw)
@@ -210,6 +211,9 @@ class SegmenterService:
                 self._apply(latest, lock)
             crashpoints.reached("segmenter", 6)
             self.redis.xack(self.stream, self.s.group, *ids)
+        self._trim_if_due()
+
+    def _trim_if_due(self) -> None:
         if time.monotonic() - self._trim_at >= TRIM_EVERY_S:
             self._trim_at = time.monotonic()
             self.metrics.trimmed.inc(self.trim())
