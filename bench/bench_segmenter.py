@@ -44,7 +44,8 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from segstream.config import Settings, load_settings
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import KafkaClients, kafka_clients
+from segstream.kafka_io import ensure_topics, topic_specs
 from segstream.redis_io import Keys, redis_client
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
 from segstream.synthetic import PERSONAS, SyntheticStream
@@ -171,13 +172,13 @@ class Probes:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for batch in self.consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for msg in batch:
-                    self.records += 1
-                    uid = json.loads(msg.value)["user_id"]
-                    if uid.startswith("probe-"):
-                        self.first.setdefault(uid, now)
+            batch = self.consumer.poll(50, 500)
+            now = time.time()
+            for msg in batch:
+                self.records += 1
+                uid = json.loads(msg.value or b"{}").get("user_id", "")
+                if uid.startswith("probe-"):
+                    self.first.setdefault(uid, now)
         self.consumer.close()
 
 
@@ -189,7 +190,7 @@ def retimed(event: dict[str, Any], uid: str, ts_ms: int) -> bytes:
 def cmd_freshness(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:8]
     settings, env = isolated(load_settings(), run)
-    kafka = KafkaClients(settings.kafka)
+    kafka = kafka_clients(settings.kafka)
     admin = kafka.admin()
     ensure_topics(admin, topic_specs(settings.topics))
     admin.close()

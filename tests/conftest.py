@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from segstream.config import Settings, load_settings
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClients, kafka_clients
 from segstream.redis_io import redis_client
 
 
@@ -39,8 +39,23 @@ def unique(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def kafka(infra: Settings) -> KafkaClients:
-    return KafkaClients(infra.kafka)
+def kafka_backend(request: pytest.FixtureRequest, infra: Settings) -> str:
+    """This test's Kafka client backend: the one it is parametrised with
+    (``tests.helpers.both_kafka_clients``), else the configured ``kafka.client``."""
+    return str(getattr(request, "param", infra.kafka.client))
+
+
+@pytest.fixture
+def kafka_infra(infra: Settings, kafka_backend: str) -> Settings:
+    """``infra`` with this test's Kafka client backend."""
+    return infra.model_copy(update={
+        "kafka": infra.kafka.model_copy(update={"client": kafka_backend})})
+
+
+@pytest.fixture
+def kafka(kafka_infra: Settings) -> KafkaClients:
+    """Clients of this test's Kafka backend (kafka-python unless configured otherwise)."""
+    return kafka_clients(kafka_infra.kafka)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ from segstream.client_models import (
 )
 from segstream.config import Settings, load_settings
 from segstream.errors import DataError, InfraError
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClients, kafka_clients
 from segstream.keys import Keys
 from segstream.redis_io import redis_client
 from segstream.subscription import Subscription, read_assignments
@@ -93,7 +93,7 @@ class SegmentClient:
         self.settings = settings or load_settings()
         self.redis = redis_conn if redis_conn is not None else redis_client(self.settings.redis)
         self._own_redis = redis_conn is None
-        self.kafka = kafka or KafkaClients(self.settings.kafka)
+        self.kafka = kafka or kafka_clients(self.settings.kafka)
         self.keys = Keys(self.settings.redis.key_prefix)
         self._catalog: dict[str, dict[str, Any]] = {}
         self._catalog_at = float("-inf")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +23,7 @@ import redis
 
 from segstream.config import KafkaSettings, RedisSettings, Settings
 from segstream.errors import InfraError
-from segstream.kafka_io import KafkaClients
-from segstream.kafka_io import kafka as _kafka
+from segstream.kafka_client import Admin, kafka_clients
 from segstream.keys import Keys
 from segstream.metrics import ServiceMetrics
 from segstream.redis_io import check_redis, redis_client
@@ -54,83 +52,10 @@ def redis_check(client: redis.Redis | RedisSettings) -> Check:
     return check
 
 
-# kafka-python comes in through segstream.kafka_io, which silences its import warnings
-kafka_errors = _kafka.errors
-_AUTH_ERRORS = (kafka_errors.SaslAuthenticationFailedError,
-                kafka_errors.UnsupportedSaslMechanismError,
-                kafka_errors.IllegalSaslStateError)
-
-
-_NET_LOGGERS = ("manager", "connection", "transport")
-
-
-class _AuthFailures(logging.Filter):
-    """Catches the auth errors kafka-python only logs while it retries a bootstrap.
-
-    Installed on kafka-python's connection loggers for the duration of one connect; it
-    keeps the exceptions and drops the records (the caller reports them in one line).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[BaseException] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        self.seen += [a for a in args if isinstance(a, _AUTH_ERRORS)]
-        return False
-
-
-def _connect_admin(settings: KafkaSettings, timeout_ms: int) -> Any:
-    """An admin client that has bootstrapped, or ``InfraError`` with a one-line reason.
-
-    A wrong SASL user or password makes kafka-python retry until the deadline and then
-    report only "Unable to bootstrap"; the rejection is recovered from its log records.
-    """
-    kafka_log = logging.getLogger("kafka")
-    watched = [logging.getLogger(f"kafka.net.{name}") for name in _NET_LOGGERS]
-    before = [kafka_log.level] + [log.level for log in watched]
-    catcher = _AuthFailures()
-    kafka_log.setLevel(logging.CRITICAL)  # refused connections are what we report
-    for log in watched:
-        log.setLevel(logging.WARNING)
-        log.addFilter(catcher)
-    try:
-        return KafkaClients(settings).admin(
-            bootstrap_timeout_ms=timeout_ms,
-            request_timeout_ms=max(timeout_ms, 1000),
-            reconnect_backoff_max_ms=1000,
-        )
-    except Exception as exc:
-        where = settings.bootstrap_servers
-        user = f"{settings.sasl_mechanism} login of user {settings.sasl_username!r}"
-        if catcher.seen:
-            raise InfraError(f"Kafka at {where} rejected the {user}: "
-                             f"{_one_line(catcher.seen[-1])}") from None
-        if settings.sasl_mechanism and _any_port_open(where):
-            # kafka-python sometimes sees the broker's close before its error reply
-            raise InfraError(
-                f"Kafka at {where} accepts connections but the {user} did not complete: "
-                f"wrong user or password, or the listener is not "
-                f"{settings.security_protocol}") from None
-        raise InfraError(f"Kafka at {where} did not answer a metadata request: "
-                         f"{_one_line(exc)}") from None
-    finally:
-        kafka_log.setLevel(before[0])
-        for log, level in zip(watched, before[1:], strict=True):
-            log.removeFilter(catcher)
-            log.setLevel(level)
-
-
-def _any_port_open(bootstrap: str) -> bool:
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]") or "localhost", int(port)), 2):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+def _connect_admin(settings: KafkaSettings, timeout_ms: int) -> Admin:
+    """An admin client that has reached the cluster, or ``InfraError`` with a one-line
+    reason (a rejected SASL login says so instead of timing out vaguely)."""
+    return kafka_clients(settings).connect_admin(timeout_ms)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -160,7 +85,7 @@ class _KafkaMetadataCheck:
     def __init__(self, settings: KafkaSettings, timeout_ms: int) -> None:
         self.settings = settings
         self.timeout_ms = timeout_ms
-        self._admin: Any = None
+        self._admin: Admin | None = None
         self._lock = threading.Lock()
 
     def __call__(self) -> None:

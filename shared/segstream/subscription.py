@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from segstream.client_models import Assignment, Change, ChangeRecord
 from segstream.errors import DataError, InfraError
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClients, Record, TopicPartition
 
 __all__ = ["Subscription", "parse_record", "read_assignments"]
 
@@ -37,9 +37,6 @@ class Subscription:
 
     def __init__(self, kafka: KafkaClients, topic: str, group: str, from_: str,
                  join_timeout_s: float) -> None:
-        from kafka import OffsetAndMetadata, TopicPartition
-
-        self._tp, self._om = TopicPartition, OffsetAndMetadata
         self.topic = topic
         self._closed = False
         self._buffer: list[Change] = []
@@ -47,7 +44,7 @@ class Subscription:
         deadline = time.monotonic() + join_timeout_s
         while not self.consumer.assignment():
             if time.monotonic() > deadline:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
                 raise InfraError(f"no partitions of {topic} assigned to group {group!r} "
                                  f"within {join_timeout_s:g} s")
             self._buffer += self._fetch(200)
@@ -62,17 +59,14 @@ class Subscription:
         return self._fetch(int(timeout_s * 1000))
 
     def _fetch(self, timeout_ms: int) -> list[Change]:
-        out = []
-        for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items():
-            for r in records:
-                out.append(Change(r.key.decode() if r.key else "", parse_record(r.value),
-                                  tp.topic, tp.partition, r.offset,
-                                  self._acker(tp.topic, tp.partition, r.offset)))
-        return out
+        return [Change(r.key.decode() if r.key else "", parse_record(r.value),
+                       r.topic, r.partition, r.offset, self._acker(r))
+                for r in self.consumer.poll(timeout_ms, 500)]
 
-    def _acker(self, topic: str, partition: int, offset: int) -> Any:
+    def _acker(self, record: Record) -> Any:
         def ack() -> None:
-            self.consumer.commit({self._tp(topic, partition): self._om(offset + 1, "", -1)})
+            self.consumer.commit({TopicPartition(record.topic, record.partition):
+                                  record.offset + 1})
         return ack
 
     def __iter__(self) -> Iterator[Change]:
@@ -83,7 +77,7 @@ class Subscription:
         """Leave the group (offsets acknowledged so far stay committed)."""
         if not self._closed:
             self._closed = True
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
 
     def __enter__(self) -> Subscription:
         return self
@@ -96,33 +90,41 @@ class Subscription:
 def read_assignments(kafka: KafkaClients, topic: str, timeout_s: float = 60.0
                      ) -> dict[str, Assignment]:
     """Replay a compacted assignments topic from offset 0 to its current end."""
-    from kafka import TopicPartition
-
     consumer = kafka.consumer(group_id=None)
     try:
         deadline = time.monotonic() + timeout_s
-        parts = consumer.partitions_for_topic(topic)
+        parts = consumer.partitions_for(topic)
         while not parts:
             if time.monotonic() > deadline:
                 raise InfraError(f"topic {topic} not found")
             time.sleep(0.2)
-            parts = consumer.partitions_for_topic(topic)
+            parts = consumer.partitions_for(topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
+        firsts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, firsts[tp])
+        # the next offset still to read of each partition (from the records: a backend
+        # may not know a position before its first fetch)
+        todo = {tp: firsts[tp] for tp in tps if firsts[tp] < ends[tp]}
         state: dict[str, Assignment] = {}
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
+        while any(todo[tp] < ends[tp] for tp in todo):
             if time.monotonic() > deadline:
                 raise InfraError(f"could not read {topic} to its end within {timeout_s:g} s")
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    uid = r.key.decode() if r.key else ""
-                    record = parse_record(r.value)
-                    if record is None:
-                        state.pop(uid, None)
-                    else:
-                        state[uid] = record
+            records = consumer.poll(500, 500)
+            if not records:  # compaction gaps at the end: the position moves past them
+                for tp in todo:
+                    todo[tp] = max(todo[tp], consumer.position(tp) or 0)
+            for r in records:
+                tp = TopicPartition(r.topic, r.partition)
+                if tp in todo:
+                    todo[tp] = max(todo[tp], r.offset + 1)
+                uid = r.key.decode() if r.key else ""
+                record = parse_record(r.value)
+                if record is None:
+                    state.pop(uid, None)
+                else:
+                    state[uid] = record
         return state
     finally:
-        consumer.close(autocommit=False)
+        consumer.close()

@@ -19,13 +19,13 @@ from segstream.client import SegmentClient
 from segstream.client_models import ChangeRecord, UserSegment
 from segstream.config import Settings
 from segstream.encoding import text_hash
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import KafkaClients, TopicPartition
 from segstream.keys import Keys
 from segstream.stream_entry import EmbeddedEntry
 from segstream_services.cli import main as cli_main
 from segstream_services.segmenter.audience import member_sets, recount, tombstone
 from segstream_services.segmenter.service import SegmenterService
-from tests.helpers import wait_until
+from tests.helpers import segmenter_settings, wait_until
 
 pytestmark = pytest.mark.integration
 DIM = 384
@@ -36,18 +36,7 @@ TOPICS = ("guitars and amplifiers", "espresso and coffee grinders", "trail runni
 
 @pytest.fixture
 def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
-    s = infra.model_copy(deep=True)
-    s.redis.key_prefix = unique
-    for name in ("events", "dlq", "segments", "catalog", "assignments"):
-        setattr(s.topics, name, f"{unique}.{name}")
-    s.topics.segments_partitions = 3
-    s.segmenter = s.segmenter.model_copy(update={
-        "k": 3, "cold_start_factor": 10, "metrics_port": 0, "block_ms": 50,
-        "half_life_points": 500.0, "catalog_refresh_s": 3600.0, "refit_every": 0})
-    admin = kafka.admin()
-    ensure_topics(admin, topic_specs(s.topics))
-    admin.close()
-    return s
+    return segmenter_settings(infra, unique, kafka, half_life_points=500.0)
 
 
 def feed(client: redis.Redis, keys: Keys, uid: str, mode: int, rng: np.random.Generator
@@ -224,14 +213,12 @@ def test_subscribe_typed_commit_on_ack_and_late_rebuild_from_assignments(
 
 def _expire_change_feed(kafka: KafkaClients, topic: str) -> None:
     """What retention does to old records: delete everything up to the end offsets."""
-    from kafka import TopicPartition
-
     consumer = kafka.consumer(group_id=None)
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for(topic)]
     ends = consumer.end_offsets(parts)
     consumer.close()
     admin = kafka.admin()
-    admin.delete_records(dict(ends))
+    admin.delete_records(ends)
     admin.close()
 
 

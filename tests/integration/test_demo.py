@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from segstream.config import Settings
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import kafka_clients
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_demo_runs_end_to_end_and_cleans_up(infra: Settings) -> None:
     assert views and int(views.group(1).replace(",", "")) > 0, out[-1500:]
     run = re.search(r"logs: \S+/(demo-[0-9-]+)", out)
     assert run, out[:1500]
-    admin = KafkaClients(infra.kafka).admin()
+    admin = kafka_clients(infra.kafka).admin()
     try:
         leftovers = [t for t in admin.list_topics() if run.group(1) in t]
     finally:

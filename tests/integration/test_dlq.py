@@ -13,11 +13,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from kafka.admin import NewTopic
 
 from segstream.config import Settings
-from segstream.kafka_client import KafkaClientError, kafka_clients
-from segstream.kafka_io import KafkaClients, describe
+from segstream.kafka_client import KafkaClientError, TopicSpec, kafka_clients
+from segstream.kafka_io import describe
 from segstream_services.ingest.service import DLQ_UNHEALTHY_AFTER, IngestService
 from tests.helpers import wait_until
 
@@ -33,11 +32,10 @@ def settings(infra: Settings, unique: str) -> Settings:
         "redis": infra.redis.model_copy(update={"key_prefix": unique}),
         "ingest": infra.ingest.model_copy(update={"group_id": f"{unique}.ingest",
                                                   "metrics_port": 0})})
-    admin = KafkaClients(s.kafka).admin()
+    admin = kafka_clients(s.kafka).admin()
     try:  # the events topic takes records up to 2 MiB; the DLQ keeps the broker's default
-        admin.create_topics([NewTopic(s.topics.events, 1, 1,
-                                      topic_configs={"max.message.bytes": str(2 << 20)}),
-                             NewTopic(s.topics.dlq, 1, 1)])
+        admin.create_topics([TopicSpec(s.topics.events, 1, {"max.message.bytes": str(2 << 20)}),
+                             TopicSpec(s.topics.dlq, 1, {})])
         wait_until(lambda: len(describe(admin, [s.topics.events, s.topics.dlq])) == 2,
                    what="topics")
     finally:
@@ -52,7 +50,7 @@ def _event(n: int) -> bytes:
 
 
 def _produce(settings: Settings, values: list[bytes]) -> None:
-    producer = KafkaClients(settings.kafka).producer(max_request_size=3 << 20)
+    producer = kafka_clients(settings.kafka).producer(max_request_size=3 << 20)
     futures = [producer.send(settings.topics.events, key=b"k", value=v) for v in values]
     producer.flush(timeout=60)
     for f in futures:

@@ -16,7 +16,7 @@ import pytest
 
 from segstream.config import Settings
 from segstream.events import REASONS
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import kafka_clients
 from segstream.sources import Mapping, ReadReport, read_events
 from segstream.synthetic import MALFORMED, SyntheticStream
 from segstream_services.ingest.service import IngestService
@@ -199,11 +199,11 @@ def test_hostile_soak_every_record_accounted_for_once(infra: Settings, unique: s
         assert stats.outcomes[f"dead_lettered:{reason}"] == count, reason
 
     letters: Counter[str] = Counter()
-    consumer = KafkaClients(settings.kafka).consumer(settings.topics.dlq, group_id=None)
+    consumer = kafka_clients(settings.kafka).consumer(settings.topics.dlq, group_id=None)
     try:
         def drain() -> bool:
-            for batch in consumer.poll(timeout_ms=500).values():
-                letters.update(dict(m.headers)["segstream.reason"].decode() for m in batch)
+            letters.update(dict(m.headers)["segstream.reason"].decode()
+                           for m in consumer.poll(500, 500))
             return sum(letters.values()) >= sum(expected_letters.values())
         wait_until(drain, timeout_s=60, interval_s=0, what="dead letters")
     finally:

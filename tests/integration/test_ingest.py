@@ -14,11 +14,11 @@ from segstream.config import Settings
 from segstream.feature_store import FeatureStore
 from segstream.feature_text import render
 from segstream.features import summarize
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import kafka_clients
 from segstream.redis_io import redis_client
 from segstream.synthetic import MALFORMED, SyntheticStream
 from segstream_services.ingest.service import IngestService
-from tests.helpers import create_event_topics, wait_until
+from tests.helpers import both_kafka_clients, create_event_topics, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 3
@@ -40,7 +40,7 @@ def create_topics(settings: Settings) -> None:
 
 def produce(settings: Settings, records: Any) -> list[Any]:
     """Send ``(key, value)`` pairs; returns each record's metadata (partition, offset)."""
-    producer = KafkaClients(settings.kafka).producer(linger_ms=20)
+    producer = kafka_clients(settings.kafka).producer(linger_ms=20)
     futures = [producer.send(settings.topics.events, key=k, value=v) for k, v in records]
     producer.flush(timeout=60)
     producer.close()
@@ -114,8 +114,9 @@ def sample(service: IngestService, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-def test_generated_stream_gives_exact_features(infra: Settings, unique: str) -> None:
-    settings = ingest_settings(infra, unique)
+@both_kafka_clients
+def test_generated_stream_gives_exact_features(kafka_infra: Settings, unique: str) -> None:
+    settings = ingest_settings(kafka_infra, unique)
     create_topics(settings)
     stream = SyntheticStream(users=150, days=12, seed=21, end_ms=int(time.time() * 1000),
                              malformed=0.01, duplicates=0.03, bots=0.03)
@@ -141,9 +142,10 @@ def test_generated_stream_gives_exact_features(infra: Settings, unique: str) -> 
     assert "user-" not in text  # no user ids in metric labels
 
 
+@both_kafka_clients
 def test_every_malformed_kind_is_dead_lettered_with_its_provenance(
-        infra: Settings, unique: str) -> None:
-    settings = ingest_settings(infra, unique, max_age_days=400)
+        kafka_infra: Settings, unique: str) -> None:
+    settings = ingest_settings(kafka_infra, unique, max_age_days=400)
     create_topics(settings)
     now = int(time.time() * 1000)
 
@@ -169,12 +171,11 @@ def test_every_malformed_kind_is_dead_lettered_with_its_provenance(
     assert stats.outcomes["cleaned:absurd_value"] == 2
     assert stats.outcomes["cleaned:future"] == 1 and stats.outcomes["cleaned:too_old"] == 1
 
-    consumer = KafkaClients(settings.kafka).consumer(settings.topics.dlq, group_id=None)
+    consumer = kafka_clients(settings.kafka).consumer(settings.topics.dlq, group_id=None)
     letters: list[Any] = []
     try:
         def drain() -> bool:
-            for batch in consumer.poll(timeout_ms=500).values():
-                letters.extend(batch)
+            letters.extend(consumer.poll(500, 500))
             return len(letters) >= len(MALFORMED)
         wait_until(drain, timeout_s=30, interval_s=0, what="dead letters")
     finally:

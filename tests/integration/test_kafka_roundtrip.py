@@ -2,18 +2,16 @@
 1,000 keyed events come back exactly once, each from its key's partition (the Java
 client's murmur2 partitioner for both), with their headers and timestamps; commits,
 committed offsets, end offsets, assign + seek, delivery results and admin create/describe.
-Then the ingest tests (exact features, dead letters), a segmenter test and the 2 + 2
-scale-out test run unchanged on each backend."""
+(The ingest, segmenter and scale-out tests run on each backend in their own files:
+``tests.helpers.both_kafka_clients``.)"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
-import redis
-from kafka.partitioner.default import murmur2
 
 from segstream.config import DEFAULT_EVENT_TYPES, Settings
 from segstream.events import parse_event
@@ -25,26 +23,21 @@ from segstream.kafka_client import (
     TopicSpec,
     kafka_clients,
 )
-from segstream.kafka_io import KafkaClients as KafkaPythonObjects
-from tests.helpers import wait_until
-from tests.integration import test_ingest as ingest_tests
-from tests.integration import test_scale_out as scale_tests
-from tests.integration import test_segmenter_service as segmenter_tests
+from tests.helpers import KAFKA_BACKENDS, murmur2_partition, wait_until
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 6
 N_EVENTS = 1_000
-BACKENDS = ["kafka-python", "confluent"]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=KAFKA_BACKENDS)
 def clients(request: pytest.FixtureRequest, infra: Settings) -> KafkaClients:
     return kafka_clients(infra.kafka.model_copy(update={"client": request.param}))
 
 
 def expected_partition(key: bytes) -> int:
     """Kafka's default partitioner (Java and kafka-python alike): murmur2 of the key."""
-    return (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+    return murmur2_partition(key, PARTITIONS)
 
 
 def create(clients: KafkaClients, topic: str, partitions: int = PARTITIONS) -> None:
@@ -55,7 +48,8 @@ def create(clients: KafkaClients, topic: str, partitions: int = PARTITIONS) -> N
         assert admin.create_topics([spec]) == []  # exists now: nothing to create
         wait_until(lambda: admin.describe([topic]).get(topic), what="topic metadata")
         assert admin.describe([topic, f"{topic}.missing"]) == {
-            topic: {"partitions": str(partitions), "cleanup.policy": "delete"}}
+            topic: {"partitions": str(partitions), "replication": "1",
+                    "cleanup.policy": "delete"}}
         assert topic in admin.list_topics()
     finally:
         admin.close()
@@ -161,45 +155,28 @@ def test_a_record_over_the_size_limit_fails_with_a_client_error(
         producer.close(timeout=5)
 
 
-# ---- the services' integration tests, run on each backend ------------------------------
-
-def on_backend(infra: Settings, backend: str) -> Settings:
-    return infra.model_copy(update={"kafka": infra.kafka.model_copy(update={"client": backend})})
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ingest_exactness_on_each_backend(infra: Settings, unique: str, backend: str) -> None:
-    ingest_tests.test_generated_stream_gives_exact_features(on_backend(infra, backend), unique)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ingest_dead_letters_on_each_backend(infra: Settings, unique: str,
-                                             backend: str) -> None:
-    ingest_tests.test_every_malformed_kind_is_dead_lettered_with_its_provenance(
-        on_backend(infra, backend), unique)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_segmenter_publishes_on_each_backend(infra: Settings, unique: str, backend: str,
-                                             redis_conn: redis.Redis) -> None:
-    # the test's own topic readers use kafka-python objects; the service is built on
-    # ``backend`` from the settings those objects carry
-    kafka = KafkaPythonObjects(on_backend(infra, backend).kafka)
-    settings = segmenter_tests.settings.__wrapped__(infra, unique, kafka)  # type: ignore
-    segmenter_tests.test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
-        settings, redis_conn, kafka)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_two_plus_two_scale_out_on_each_backend(infra: Settings, unique: str, backend: str,
-                                                tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    # the ``segstream run`` subprocesses read the backend from the environment
-    monkeypatch.setenv("SEGSTREAM_KAFKA__CLIENT", backend)
-    fleets: list[scale_tests.Fleet] = []
+def test_iteration_offsets_ids_and_record_deletion(clients: KafkaClients, unique: str) -> None:
+    topic = f"{unique}.ids"
+    create(clients, topic, partitions=1)
+    producer = clients.producer()
+    for i in range(10):
+        producer.send(topic, value=str(i).encode())
+    producer.flush(timeout=30)
+    producer.close(timeout=10)
+    tp = TopicPartition(topic, 0)
+    admin = clients.connect_admin(5000)
     try:
-        scale_tests.test_two_plus_two_with_sigkill_equals_one_plus_one(
-            on_backend(infra, backend), unique, tmp_path, fleets)
+        found = admin.topic_id(topic)
+        assert found is not None and str(uuid.UUID(found)) == found  # a UUID string
+        assert admin.topic_id(f"{topic}.missing") is None
+        admin.delete_records({tp: 4})  # what retention does
     finally:
-        for fleet in fleets:
-            fleet.kill_all()
+        admin.close()
+    consumer = clients.consumer(topic, group_id=None, consumer_timeout_ms=2000)
+    try:
+        assert consumer.beginning_offsets([tp]) == {tp: 4}
+        assert consumer.end_offsets([tp]) == {tp: 10}
+        # iterating ends once a poll of consumer_timeout_ms brings nothing
+        assert [r.value for r in consumer] == [str(i).encode() for i in range(4, 10)]
+    finally:
+        consumer.close()

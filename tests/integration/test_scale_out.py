@@ -18,10 +18,10 @@ import redis
 
 from segstream.config import Settings
 from segstream.encoding import text_hash, vec_from_bytes
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import kafka_clients
 from segstream.redis_io import Keys, redis_client
 from segstream.synthetic import SyntheticStream
-from tests.helpers import create_event_topics, wait_until
+from tests.helpers import both_kafka_clients, create_event_topics, wait_until
 from tests.integration.test_ingest import assert_exact, recount
 from tests.integration.test_ingest_kill import committed
 
@@ -60,7 +60,7 @@ class Fleet:
 
     def start(self, service: str) -> subprocess.Popen[bytes]:
         s = self.settings
-        env = {**os.environ,
+        env = {**os.environ, "SEGSTREAM_KAFKA__CLIENT": s.kafka.client,
                "SEGSTREAM_TOPICS__EVENTS": s.topics.events, "SEGSTREAM_TOPICS__DLQ": s.topics.dlq,
                "SEGSTREAM_REDIS__KEY_PREFIX": s.redis.key_prefix,
                "SEGSTREAM_INGEST__GROUP_ID": s.ingest.group_id,
@@ -108,7 +108,7 @@ def fleets() -> Iterator[list[Fleet]]:
 
 
 def produce(settings: Settings, records: list[tuple[bytes, bytes | None]]) -> None:
-    producer = KafkaClients(settings.kafka).producer(linger_ms=20)
+    producer = kafka_clients(settings.kafka).producer(linger_ms=20)
     for key, value in records:
         producer.send(settings.topics.events, key=key, value=value)
     producer.flush(timeout=60)
@@ -178,14 +178,15 @@ def run_scenario(infra: Settings, name: str, fleet: Fleet, consumers: int, worke
     return final_state(settings)
 
 
-def test_two_plus_two_with_sigkill_equals_one_plus_one(infra: Settings, unique: str,
+@both_kafka_clients
+def test_two_plus_two_with_sigkill_equals_one_plus_one(kafka_infra: Settings, unique: str,
                                                       tmp_path: Path,
                                                       fleets: list[Fleet]) -> None:
-    one = Fleet(isolated(infra, f"{unique}-a"), tmp_path)
-    two = Fleet(isolated(infra, f"{unique}-b"), tmp_path)
+    one = Fleet(isolated(kafka_infra, f"{unique}-a"), tmp_path)
+    two = Fleet(isolated(kafka_infra, f"{unique}-b"), tmp_path)
     fleets += [one, two]
-    single = run_scenario(infra, "1 + 1", one, consumers=1, workers=1, kill=False)
-    scaled = run_scenario(infra, "2 + 2, one of each SIGKILLed", two, consumers=2, workers=2,
+    single = run_scenario(kafka_infra, "1 + 1", one, consumers=1, workers=1, kill=False)
+    scaled = run_scenario(kafka_infra, "2 + 2, one of each SIGKILLed", two, consumers=2, workers=2,
                           kill=True)
     assert len(single) == len({e["user_id"] for e in stream().events()})
     assert single.keys() == scaled.keys()

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from kafka.admin import NewTopic
 from pydantic import SecretStr
 
 from segstream.config import KafkaSettings, RedisSettings, Settings, load_settings
 from segstream.errors import ConfigError, InfraError
 from segstream.health import check_kafka
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import TopicSpec, kafka_clients
 from segstream.logs import configure_logging
 from segstream.redis_io import Keys, check_redis, redis_client
 from segstream_services.dev.local_kafka import LocalKafka, _sasl_overrides
@@ -52,7 +51,7 @@ def test_kafka_clients_map_sasl_and_ssl_settings() -> None:
         sasl_mechanism="SCRAM-SHA-512", sasl_username="svc", sasl_password=SecretStr("pw-1"),
         ssl_cafile="/etc/ca.pem", ssl_certfile="/etc/client.pem", ssl_keyfile="/etc/key.pem",
     )
-    opts = KafkaClients(settings).common()
+    opts = kafka_clients(settings).common()
     assert opts["bootstrap_servers"] == ["b1:9096", "b2:9096"]
     assert opts["security_protocol"] == "SASL_SSL"
     assert opts["sasl_mechanism"] == "SCRAM-SHA-512"
@@ -60,7 +59,7 @@ def test_kafka_clients_map_sasl_and_ssl_settings() -> None:
     assert opts["sasl_plain_password"] == "pw-1"
     assert (opts["ssl_cafile"], opts["ssl_certfile"], opts["ssl_keyfile"]) == (
         "/etc/ca.pem", "/etc/client.pem", "/etc/key.pem")
-    plain = KafkaClients(KafkaSettings()).common()
+    plain = kafka_clients(KafkaSettings()).common()
     assert plain["security_protocol"] == "PLAINTEXT"
     assert not {"sasl_mechanism", "sasl_plain_password", "ssl_cafile"} & set(plain)
 
@@ -75,7 +74,7 @@ def test_security_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SEGSTREAM_REDIS__SSL", "true")
     monkeypatch.setenv("SEGSTREAM_REDIS__SSL_CA_CERTS", "/etc/redis-ca.pem")
     s = load_settings()
-    assert KafkaClients(s.kafka).common()["sasl_plain_password"] == KAFKA_PASSWORD
+    assert kafka_clients(s.kafka).common()["sasl_plain_password"] == KAFKA_PASSWORD
     assert s.redis.password is not None
     assert s.redis.password.get_secret_value() == REDIS_PASSWORD
     kwargs = redis_client(s.redis).connection_pool.connection_kwargs
@@ -173,7 +172,7 @@ def sasl_kafka(settings: Settings, mechanism: str, password: str) -> KafkaSettin
 def test_sasl_client_produces_and_consumes(sasl_broker: Settings, unique: str,
                                            mechanism: str, capfd: pytest.CaptureFixture[str]
                                            ) -> None:
-    clients = KafkaClients(sasl_kafka(sasl_broker, mechanism, KAFKA_PASSWORD))
+    clients = kafka_clients(sasl_kafka(sasl_broker, mechanism, KAFKA_PASSWORD))
     check_kafka(clients.settings)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -328,12 +327,12 @@ def test_ingest_service_runs_over_sasl(sasl_broker: Settings, unique: str,
     """``segstream run ingest`` with SASL settings from the environment: its consumer,
     DLQ producer and admin client all log in; nothing in its output shows the password."""
     kafka = sasl_kafka(sasl_broker, "SCRAM-SHA-256", KAFKA_PASSWORD)
-    clients = KafkaClients(kafka)
+    clients = kafka_clients(kafka)
     topics = sasl_broker.topics.model_copy(update={"events": f"{unique}.events",
                                                    "dlq": f"{unique}.dlq"})
     admin = clients.admin()
     try:
-        admin.create_topics([NewTopic(topics.events, 2, 1), NewTopic(topics.dlq, 1, 1)])
+        admin.create_topics([TopicSpec(topics.events, 2, {}), TopicSpec(topics.dlq, 1, {})])
     finally:
         admin.close()
     producer = clients.producer()

@@ -26,14 +26,15 @@ from sklearn.metrics import adjusted_rand_score
 
 from segstream.config import Settings
 from segstream.errors import InfraError
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import KafkaClients
+from segstream.kafka_io import ensure_topics, topic_specs
 from segstream.keys import Keys
 from segstream.records import load_schema
 from segstream_services.cli import main as cli_main
 from segstream_services.segmenter import store
 from segstream_services.segmenter.cli import catalog, user_segment_info
 from segstream_services.segmenter.service import SegmenterService
-from tests.helpers import wait_until
+from tests.helpers import both_kafka_clients, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +44,8 @@ TOPICS = ("guitars and amplifiers", "espresso and coffee grinders", "trail runni
 
 
 @pytest.fixture
-def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
-    s = infra.model_copy(deep=True)
+def settings(kafka_infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
+    s = kafka_infra.model_copy(deep=True)
     s.redis.key_prefix = unique
     s.topics.events, s.topics.dlq = f"{unique}.events", f"{unique}.dlq"
     s.topics.segments, s.topics.catalog = f"{unique}.segments", f"{unique}.catalog"
@@ -93,8 +94,7 @@ class Topic:
         self.records: list[dict[str, Any]] = []
 
     def poll(self) -> list[dict[str, Any]]:
-        for batch in self.consumer.poll(timeout_ms=200).values():
-            self.records.extend(json.loads(m.value) for m in batch)
+        self.records.extend(json.loads(m.value or b"null") for m in self.consumer.poll(200, 500))
         return self.records
 
     def wait_for(self, n: int, what: str) -> list[dict[str, Any]]:
@@ -121,6 +121,7 @@ def drained(client: redis.Redis, settings: Settings) -> bool:
     return group["pending"] == 0 and group.get("lag", 0) == 0
 
 
+@both_kafka_clients
 def test_segments_published_valid_stable_across_restart_and_quiet_on_repeats(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
     change_schema = load_schema("segment_change")

@@ -8,12 +8,9 @@ import json
 import time
 
 import pytest
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError
 
 from segstream.config import Settings
-from segstream.kafka_client import TopicPartition, kafka_clients
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClientError, TopicPartition, TopicSpec, kafka_clients
 from segstream_services.ingest.service import IngestService
 from tests.helpers import create_event_topics, wait_until
 
@@ -32,7 +29,7 @@ def _settings(infra: Settings, unique: str) -> Settings:
 
 def _produce(settings: Settings, tag: str, n: int) -> None:
     now = int(time.time() * 1000)
-    producer = KafkaClients(settings.kafka).producer()
+    producer = kafka_clients(settings.kafka).producer()
     futures = [producer.send(settings.topics.events, key=USERS[i % 2].encode(),
                              value=json.dumps({"event_id": f"{tag}-{i}",
                                                "user_id": USERS[i % 2], "ts": now - 1000 + i,
@@ -45,7 +42,7 @@ def _produce(settings: Settings, tag: str, n: int) -> None:
 
 
 def _recreate(settings: Settings) -> None:
-    admin = KafkaClients(settings.kafka).admin()
+    admin = kafka_clients(settings.kafka).admin()
     try:
         admin.delete_topics([settings.topics.events])
         wait_until(lambda: settings.topics.events not in admin.list_topics(), 30,
@@ -54,14 +51,14 @@ def _recreate(settings: Settings) -> None:
         admin.close()
 
     def created() -> bool:
-        admin = KafkaClients(settings.kafka).admin()
-        try:
-            admin.create_topics([NewTopic(settings.topics.events, 1, 1)])
-        except KafkaError:  # the deletion may still be in progress
+        admin = kafka_clients(settings.kafka).admin()
+        try:  # the deletion may still be in progress: then it is not created yet
+            admin.create_topics([TopicSpec(settings.topics.events, 1, {})])
+            return settings.topics.events in admin.list_topics()
+        except KafkaClientError:
             return False
         finally:
             admin.close()
-        return True
     wait_until(created, 60, interval_s=0.5, what="topic created again")
 
 

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 
 from segstream.config import Settings, TopicSettings
 from segstream.errors import InfraError
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import KafkaClients, kafka_clients
+from segstream.kafka_io import ensure_topics, topic_specs
 from segstream_services.dev.demo_view import Feed, LagProbe, View, produce, render, summary
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     })
     run_settings = run_settings.model_copy(update={
         "ingest": settings.ingest.model_copy(update={"group_id": f"segstream-ingest-{run}"})})
-    clients = KafkaClients(settings.kafka)
+    clients = kafka_clients(settings.kafka)
     _create_topics(clients, topics)
 
     ports = {name: _free_port() for name in SERVICES}
@@ -125,18 +126,18 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         producer = threading.Thread(target=produce, args=(clients, topics.events, records,
                                                            args.rate, feed, stop), daemon=True)
         producer.start()
-        watcher = clients.consumer(topics.segments, topics.catalog, group_id=None,
-                                   value_deserializer=lambda v: json.loads(v))
+        watcher = clients.consumer(topics.segments, topics.catalog, group_id=None)
         probe = LagProbe(clients, run_settings.ingest.group_id, topics.events)
         lag: int | None = None
         last_lag = 0.0
         with Live(render(view, feed, t0, run, lag), console=console,
                   refresh_per_second=4) as live:
             while True:
-                for tp, batch in watcher.poll(timeout_ms=250, max_records=2_000).items():
-                    kind = "catalog" if tp.topic == topics.catalog else "segments"
-                    for record in batch:
-                        view.take(kind, record.value, feed)
+                for record in watcher.poll(250, 2_000):
+                    if record.value is None:  # a tombstone (a forgotten user)
+                        continue
+                    kind = "catalog" if record.topic == topics.catalog else "segments"
+                    view.take(kind, json.loads(record.value), feed)
                 if time.monotonic() - last_lag > 1.0:
                     lag, last_lag = probe.lag(), time.monotonic()
                 live.update(render(view, feed, t0, run, lag))

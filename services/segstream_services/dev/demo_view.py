@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from segstream.kafka_io import KafkaClients
+from segstream.kafka_client import KafkaClients, TopicPartition
 
 if TYPE_CHECKING:
     from rich.console import Console, Group
@@ -142,14 +142,12 @@ class LagProbe:
     def __init__(self, clients: KafkaClients, group_id: str, topic: str) -> None:
         self.consumer = clients.consumer(group_id=group_id)
         self.topic = topic
-        self.parts: list[Any] = []  # TopicPartitions, found once the topic has metadata
+        self.parts: list[TopicPartition] = []  # found once the topic has metadata
 
     def lag(self) -> int | None:
-        from kafka import TopicPartition
-
         try:
             if not self.parts:
-                found = self.consumer.partitions_for_topic(self.topic) or []
+                found = self.consumer.partitions_for(self.topic)
                 self.parts = [TopicPartition(self.topic, p) for p in sorted(found)]
                 if not self.parts:
                     return None

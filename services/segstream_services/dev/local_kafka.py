@@ -18,9 +18,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from segstream import kafka_client
 from segstream.config import LocalInfraSettings, Settings
 from segstream.errors import ConfigError, InfraError
-from segstream.kafka_io import KafkaClients, describe, topic_specs
+from segstream.kafka_io import describe, topic_specs
 from segstream_services.dev.processes import (
     ServiceStatus,
     port_open,
@@ -269,10 +270,11 @@ def _kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def kafka_clients(settings: Settings, bootstrap: str) -> KafkaClients:
-    """Clients for the local broker's PLAINTEXT listener (whatever the services use)."""
-    return KafkaClients(settings.kafka.model_copy(update={
-        "bootstrap_servers": bootstrap, "request_timeout_ms": 5_000,
+def kafka_clients(settings: Settings, bootstrap: str) -> kafka_client.KafkaClients:
+    """Clients for the local broker's PLAINTEXT listener (whatever the services use), of
+    the default backend (its connect errors while the broker starts are quick)."""
+    return kafka_client.kafka_clients(settings.kafka.model_copy(update={
+        "client": "kafka-python", "bootstrap_servers": bootstrap, "request_timeout_ms": 5_000,
         "security_protocol": "PLAINTEXT", "sasl_mechanism": None, "sasl_username": None,
         "sasl_password": None}))
 

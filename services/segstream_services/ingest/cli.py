@@ -65,11 +65,11 @@ def _produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, byte
         TimeRemainingColumn,
     )
 
-    from segstream.kafka_io import KafkaClients
+    from segstream.kafka_client import KafkaClientError, kafka_clients
 
     try:
-        producer = KafkaClients(settings.kafka).producer(linger_ms=20, batch_size=256 * 1024)
-    except Exception as exc:  # kafka-python raises NoBrokersAvailable and friends
+        producer = kafka_clients(settings.kafka).producer(linger_ms=20, batch_size=256 * 1024)
+    except KafkaClientError as exc:
         raise InfraError(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: "
                          f"{exc}") from None
     pacer = _Pacer(rate)

@@ -11,12 +11,8 @@ offset reset onto a new log); a broker without topic ids gives the name.
 
 from __future__ import annotations
 
-from typing import Any
-
 from segstream.config import KafkaSettings
-from segstream.kafka_client import KafkaClientError
-
-NO_ID = "00000000-0000-0000-0000-000000000000"
+from segstream.kafka_client import Admin, KafkaClientError, kafka_clients
 
 
 class TopicIds:
@@ -24,7 +20,7 @@ class TopicIds:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
-        self._admin: Any = None
+        self._admin: Admin | None = None
         self._ids: dict[str, str] = {}
         self._last: dict[tuple[str, int], int] = {}  # highest offset seen per partition
 
@@ -37,20 +33,14 @@ class TopicIds:
         return self._ids[topic]
 
     def _describe(self, topic: str) -> str:
-        from kafka.errors import KafkaError
-
-        from segstream.kafka_io import KafkaClients
-
         try:
             if self._admin is None:
-                self._admin = KafkaClients(self.settings).admin()
-            meta = self._admin.describe_topics([topic])
-        except KafkaError as exc:
+                self._admin = kafka_clients(self.settings).admin()
+            found = self._admin.topic_id(topic)
+        except KafkaClientError as exc:
             self.close()
-            raise KafkaClientError(f"cannot read the id of topic {topic}: "
-                                   f"{type(exc).__name__}") from None
-        found = meta[0].get("topic_id") if meta else None
-        return f"id:{found}" if found and str(found) != NO_ID else topic
+            raise KafkaClientError(f"cannot read the id of topic {topic}: {exc}") from None
+        return f"id:{found}" if found else topic
 
     def close(self) -> None:
         if self._admin is not None:

@@ -36,13 +36,13 @@ def register_model(sub: Any) -> None:
 
 
 def _rollout(settings: Settings) -> Any:
-    from segstream.kafka_io import KafkaClients
+    from segstream.kafka_client import kafka_clients
     from segstream.redis_io import check_redis, redis_client
     from segstream_services.rollout.service import Rollout
 
     client = redis_client(settings.redis)
     check_redis(client)
-    producer = KafkaClients(settings.kafka).producer()
+    producer = kafka_clients(settings.kafka).producer()
     timeout = settings.kafka.request_timeout_ms / 1000
 
     def publish(topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:

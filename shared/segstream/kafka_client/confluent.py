@@ -7,11 +7,19 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 import confluent_kafka as ck
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    ConfigSource,
+    NewTopic,
+    ResourceType,
+)
 
 from segstream.kafka_client.interface import (
+    NO_TOPIC_ID,
     Admin,
     Consumer,
     Delivery,
@@ -25,13 +33,15 @@ from segstream.kafka_client.interface import (
 )
 
 _TIMEOUT_S = 10.0
+_ON_TOPIC = ConfigSource.DYNAMIC_TOPIC_CONFIG.value  # a config set on the topic itself
 # consumer option (kafka-python name) -> librdkafka property
 _CONSUMER_OPTS = {"max_partition_fetch_bytes": "max.partition.fetch.bytes",
                   "fetch_max_bytes": "fetch.max.bytes",
                   "session_timeout_ms": "session.timeout.ms",
-                  "heartbeat_interval_ms": "heartbeat.interval.ms"}
+                  "heartbeat_interval_ms": "heartbeat.interval.ms",
+                  "fetch_max_wait_ms": "fetch.wait.max.ms"}
 _PRODUCER_OPTS = {"linger_ms": "linger.ms", "batch_size": "batch.size", "acks": "acks",
-                  "retries": "retries"}
+                  "retries": "retries", "max_request_size": "message.max.bytes"}
 
 
 def _error(exc: Exception) -> KafkaClientError:
@@ -136,6 +146,14 @@ class _Consumer(Consumer):
         except ck.KafkaException as exc:
             raise _error(exc) from None
 
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]
+                          ) -> dict[TopicPartition, int]:
+        try:
+            return {tp: self.c.get_watermark_offsets(_tp(tp), timeout=_TIMEOUT_S)[0]
+                    for tp in partitions}
+        except ck.KafkaException as exc:
+            raise _error(exc) from None
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if tp in self.manual:  # not fetching yet: re-assign from the offset
             self.manual[tp] = offset
@@ -181,12 +199,13 @@ class _Producer(Producer):
 
 
 class _Admin(Admin):
-    def __init__(self, admin: AdminClient) -> None:
+    def __init__(self, admin: AdminClient, timeout_s: float = _TIMEOUT_S) -> None:
         self.a = admin
+        self.timeout_s = timeout_s
 
     def _topics(self) -> dict[str, Any]:
         try:
-            return dict(self.a.list_topics(timeout=_TIMEOUT_S).topics)
+            return dict(self.a.list_topics(timeout=self.timeout_s).topics)
         except ck.KafkaException as exc:
             raise _error(exc) from None
 
@@ -199,7 +218,8 @@ class _Admin(Admin):
         if not missing:
             return []
         futures = self.a.create_topics([NewTopic(s.name, num_partitions=s.partitions,
-                                                 replication_factor=1, config=s.configs)
+                                                 replication_factor=s.replication,
+                                                 config=s.configs)
                                         for s in missing])
         for future in futures.values():
             try:
@@ -212,7 +232,10 @@ class _Admin(Admin):
 
     def describe(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         topics = self._topics()
-        found = {n: {"partitions": str(len(topics[n].partitions))} for n in names
+        found = {n: {"partitions": str(len(topics[n].partitions)),
+                     "replication": str(min(len(p.replicas)
+                                            for p in topics[n].partitions.values()))}
+                 for n in names
                  if n in topics and topics[n].error is None and topics[n].partitions}
         if found:
             futures = self.a.describe_configs(
@@ -222,12 +245,37 @@ class _Admin(Admin):
                     entries = future.result()
                 except ck.KafkaException as exc:
                     raise _error(exc) from None
-                if "cleanup.policy" in entries:
-                    found[resource.name]["cleanup.policy"] = entries["cleanup.policy"].value
+                for key in ("cleanup.policy", "min.insync.replicas"):
+                    if key in entries and entries[key].source == _ON_TOPIC:
+                        found[resource.name][key] = entries[key].value
         return found
+
+    def topic_id(self, name: str) -> str | None:
+        try:
+            found = self.a.describe_topics(ck.TopicCollection([name]))[name].result().topic_id
+        except ck.KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
+            if err is not None and err.code() == ck.KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise _error(exc) from None
+        if found is None:
+            return None
+        # kafka-python's form (a UUID string), so the ids do not depend on the backend
+        mask = (1 << 64) - 1
+        text = str(UUID(int=(found.get_most_significant_bits() & mask) << 64
+                        | found.get_least_significant_bits() & mask))
+        return None if text == NO_TOPIC_ID else text
 
     def delete_topics(self, names: Sequence[str]) -> None:
         for future in self.a.delete_topics(list(names)).values():
+            try:
+                future.result()
+            except ck.KafkaException as exc:
+                raise _error(exc) from None
+
+    def delete_records(self, before: Mapping[TopicPartition, int]) -> None:
+        futures = self.a.delete_records([_tp(tp, off) for tp, off in before.items()])
+        for future in futures.values():
             try:
                 future.result()
             except ck.KafkaException as exc:
@@ -263,6 +311,7 @@ class ConfluentClients(KafkaClients):
     def consumer(self, *topics: str, group_id: str | None,
                  auto_offset_reset: str = "earliest", **options: Any) -> Consumer:
         options.pop("max_poll_records", None)  # poll() takes the batch size
+        idle_ms = options.pop("consumer_timeout_ms", None)
         unknown = set(options) - set(_CONSUMER_OPTS)
         if unknown:
             raise KafkaClientError(f"unsupported consumer option(s): {', '.join(unknown)}")
@@ -277,6 +326,8 @@ class ConfluentClients(KafkaClients):
             raise _error(exc) from None
         if topics:
             consumer.subscribe(topics)
+        if idle_ms is not None:
+            consumer.idle_ms = idle_ms
         return consumer
 
     def producer(self, **options: Any) -> Producer:
@@ -296,3 +347,14 @@ class ConfluentClients(KafkaClients):
 
     def admin(self) -> Admin:
         return _Admin(AdminClient(self.common()))
+
+    def connect_admin(self, timeout_ms: int) -> Admin:
+        admin = AdminClient({**self.common(), "socket.timeout.ms": max(timeout_ms, 1000)})
+        try:
+            admin.list_topics(timeout=timeout_ms / 1000)
+        except ck.KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
+            reason = f"{err.name()}: {err.str()}" if err else str(exc)
+            rejected = err is not None and err.code() == ck.KafkaError._AUTHENTICATION
+            raise self.unreachable(reason.splitlines()[0], rejected=rejected) from None
+        return _Admin(admin, _TIMEOUT_S)

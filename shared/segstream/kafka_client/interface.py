@@ -4,12 +4,14 @@ topics, one error type)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from segstream.config import KafkaSettings
 from segstream.errors import InfraError
+
+NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 
 
 class KafkaClientError(InfraError):
@@ -55,6 +57,7 @@ class TopicSpec:
     name: str
     partitions: int
     configs: dict[str, str]
+    replication: int = 1
 
 
 class Pending(ABC):
@@ -66,7 +69,17 @@ class Pending(ABC):
 
 
 class Consumer(ABC):
-    """A consumer with auto-commit off: services commit after their state is durable."""
+    """A consumer with auto-commit off: services commit after their state is durable.
+
+    Iterating it yields records until one poll of ``idle_ms`` (the consumer option
+    ``consumer_timeout_ms``, 1000 by default) brings none.
+    """
+
+    idle_ms: int = 1000
+
+    def __iter__(self) -> Iterator[Record]:
+        while batch := self.poll(self.idle_ms, 500):
+            yield from batch
 
     @abstractmethod
     def subscribe(self, topics: Sequence[str]) -> None: ...
@@ -100,6 +113,11 @@ class Consumer(ABC):
     @abstractmethod
     def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         """The partitions' current end offsets, asked from the broker."""
+
+    @abstractmethod
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]
+                          ) -> dict[TopicPartition, int]:
+        """The partitions' first offsets still in the log, asked from the broker."""
 
     @abstractmethod
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
@@ -141,11 +159,21 @@ class Admin(ABC):
 
     @abstractmethod
     def describe(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Partition count and (when set on the topic) cleanup.policy of each existing
-        named topic."""
+        """Each existing named topic's ``partitions``, ``replication`` (replicas of its
+        least replicated partition) and, when set on the topic, ``cleanup.policy`` and
+        ``min.insync.replicas``."""
+
+    @abstractmethod
+    def topic_id(self, name: str) -> str | None:
+        """The topic's id as a UUID string (a new one when the topic is deleted and
+        created again); None when the topic or the broker has none."""
 
     @abstractmethod
     def delete_topics(self, names: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def delete_records(self, before: Mapping[TopicPartition, int]) -> None:
+        """Delete each partition's records below the given offset (what retention does)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -156,13 +184,36 @@ class KafkaClients(ABC):
 
     Options are the same for both backends: consumer ``auto_offset_reset``
     (earliest/latest), ``max_poll_records``, ``max_partition_fetch_bytes``,
-    ``fetch_max_bytes``, ``session_timeout_ms``; producer ``linger_ms``, ``batch_size``.
+    ``fetch_max_bytes``, ``fetch_max_wait_ms``, ``session_timeout_ms``,
+    ``heartbeat_interval_ms``, ``consumer_timeout_ms`` (the idle time
+    that ends iteration); producer ``linger_ms``, ``batch_size``, ``max_request_size``.
     """
 
     name: str
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
+
+    @abstractmethod
+    def common(self) -> dict[str, Any]:
+        """The connection and security options every client of this backend takes, in
+        the backend's own names."""
+
+    @abstractmethod
+    def connect_admin(self, timeout_ms: int) -> Admin:
+        """An admin client that has answered a metadata request within ``timeout_ms``,
+        or ``KafkaClientError`` with a one-line reason (see ``unreachable``)."""
+
+    def unreachable(self, reason: str, *, rejected: bool = False) -> KafkaClientError:
+        """The one-line error of a failed connect: the SASL login was rejected, or the
+        broker did not answer a metadata request."""
+        s = self.settings
+        where = s.bootstrap_servers
+        if rejected:
+            return KafkaClientError(f"Kafka at {where} rejected the {s.sasl_mechanism} "
+                                    f"login of user {s.sasl_username!r}: {reason}")
+        return KafkaClientError(f"Kafka at {where} did not answer a metadata request: "
+                                f"{reason}")
 
     @abstractmethod
     def consumer(self, *topics: str, group_id: str | None,

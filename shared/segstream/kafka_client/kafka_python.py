@@ -7,6 +7,8 @@ calls at import time; exactly those DeprecationWarnings are filtered here.
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,11 +19,18 @@ with warnings.catch_warnings():
     )
     import kafka
     from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import (
+        IllegalSaslStateError,
+        KafkaError,
+        SaslAuthenticationFailedError,
+        TopicAlreadyExistsError,
+        UnsupportedSaslMechanismError,
+    )
     from kafka.structs import OffsetAndMetadata
 
 from segstream.config import KafkaSettings
 from segstream.kafka_client.interface import (
+    NO_TOPIC_ID,
     Admin,
     Consumer,
     Delivery,
@@ -33,6 +42,8 @@ from segstream.kafka_client.interface import (
     TopicPartition,
     TopicSpec,
 )
+
+_DESCRIBED = ("cleanup.policy", "min.insync.replicas")  # topic configs describe() reports
 
 
 def _error(exc: Exception) -> KafkaClientError:
@@ -105,6 +116,14 @@ class _Consumer(Consumer):
             raise _error(exc) from None
         return {TopicPartition(tp.topic, tp.partition): off for tp, off in ends.items()}
 
+    def beginning_offsets(self, partitions: Sequence[TopicPartition]
+                          ) -> dict[TopicPartition, int]:
+        try:
+            firsts = self.c.beginning_offsets([_tp(tp) for tp in partitions])
+        except KafkaError as exc:
+            raise _error(exc) from None
+        return {TopicPartition(tp.topic, tp.partition): off for tp, off in firsts.items()}
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.c.seek(_tp(tp), offset)
 
@@ -151,7 +170,8 @@ class _Admin(Admin):
         missing = [s for s in specs if s.name not in self.list_topics()]
         if not missing:
             return []
-        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing]
+        new = [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
+               for s in missing]
         try:
             with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile
                 self.a.create_topics(new, validate_only=False)
@@ -162,25 +182,42 @@ class _Admin(Admin):
     def describe(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         try:
             found = {
-                meta["name"]: {"partitions": str(len(meta["partitions"]))}
+                meta["name"]: {"partitions": str(len(meta["partitions"])),
+                               "replication": str(min(len(p["replica_nodes"])
+                                                      for p in meta["partitions"]))}
                 for meta in self.a.describe_topics(list(names))
                 if not meta.get("error_code") and meta.get("partitions")
             }
             if found:
                 resources = [ConfigResource(ConfigResourceType.TOPIC, name,
-                                            configs={"cleanup.policy": None})
+                                            configs=dict.fromkeys(_DESCRIBED))
                              for name in found]
                 configs = self.a.describe_configs(resources).get("topic", {})
                 for name, entries in configs.items():
-                    if "cleanup.policy" in entries:  # absent when the broker default
-                        found[name]["cleanup.policy"] = entries["cleanup.policy"]["value"]
+                    for key in _DESCRIBED:
+                        if key in entries:  # absent when the broker default
+                            found[name][key] = entries[key]["value"]
         except KafkaError as exc:
             raise _error(exc) from None
         return found
 
+    def topic_id(self, name: str) -> str | None:
+        try:
+            meta = self.a.describe_topics([name])
+        except KafkaError as exc:
+            raise _error(exc) from None
+        found = meta[0].get("topic_id") if meta and not meta[0].get("error_code") else None
+        return str(found) if found and str(found) != NO_TOPIC_ID else None
+
     def delete_topics(self, names: Sequence[str]) -> None:
         try:
             self.a.delete_topics(list(names))
+        except KafkaError as exc:
+            raise _error(exc) from None
+
+    def delete_records(self, before: Mapping[TopicPartition, int]) -> None:
+        try:
+            self.a.delete_records({_tp(tp): off for tp, off in before.items()})
         except KafkaError as exc:
             raise _error(exc) from None
 
@@ -218,12 +255,16 @@ class KafkaPythonClients(KafkaClients):
 
     def consumer(self, *topics: str, group_id: str | None,
                  auto_offset_reset: str = "earliest", **options: Any) -> Consumer:
+        idle_ms = options.pop("consumer_timeout_ms", None)
         opts = {**self.common(), "group_id": group_id, "enable_auto_commit": False,
                 "auto_offset_reset": auto_offset_reset, **options}
         try:
-            return _Consumer(kafka.KafkaConsumer(*topics, **opts))
+            consumer = _Consumer(kafka.KafkaConsumer(*topics, **opts))
         except KafkaError as exc:
             raise _error(exc) from None
+        if idle_ms is not None:
+            consumer.idle_ms = idle_ms
+        return consumer
 
     def producer(self, **options: Any) -> Producer:
         opts = {**self.common(), "acks": "all", "linger_ms": 5, "retries": 5, **options}
@@ -232,10 +273,80 @@ class KafkaPythonClients(KafkaClients):
         except KafkaError as exc:
             raise _error(exc) from None
 
-    def admin(self) -> Admin:
+    def admin(self, **options: Any) -> Admin:
         common = self.common()
         common.pop("request_timeout_ms")
         try:
-            return _Admin(kafka.KafkaAdminClient(**common))
+            return _Admin(kafka.KafkaAdminClient(**{**common, **options}))
         except KafkaError as exc:
             raise _error(exc) from None
+
+    def connect_admin(self, timeout_ms: int) -> Admin:
+        """kafka-python retries a rejected SASL login until the deadline and then reports
+        only "Unable to bootstrap"; the rejection is recovered from its log records."""
+        kafka_log = logging.getLogger("kafka")
+        watched = [logging.getLogger(f"kafka.net.{name}") for name in _NET_LOGGERS]
+        before = [kafka_log.level] + [log.level for log in watched]
+        catcher = _AuthFailures()
+        kafka_log.setLevel(logging.CRITICAL)  # refused connections are what we report
+        for log in watched:
+            log.setLevel(logging.WARNING)
+            log.addFilter(catcher)
+        try:
+            admin = self.admin(bootstrap_timeout_ms=timeout_ms,
+                               request_timeout_ms=max(timeout_ms, 1000),
+                               reconnect_backoff_max_ms=1000)
+        except Exception as exc:
+            s = self.settings
+            if catcher.seen:
+                raise self.unreachable(_one_line(catcher.seen[-1]), rejected=True) from None
+            if s.sasl_mechanism and _any_port_open(s.bootstrap_servers):
+                # kafka-python sometimes sees the broker's close before its error reply
+                raise KafkaClientError(
+                    f"Kafka at {s.bootstrap_servers} accepts connections but the "
+                    f"{s.sasl_mechanism} login of user {s.sasl_username!r} did not complete: "
+                    f"wrong user or password, or the listener is not "
+                    f"{s.security_protocol}") from None
+            raise self.unreachable(_one_line(exc)) from None
+        finally:
+            kafka_log.setLevel(before[0])
+            for log, level in zip(watched, before[1:], strict=True):
+                log.removeFilter(catcher)
+                log.setLevel(level)
+        return admin
+
+
+_NET_LOGGERS = ("manager", "connection", "transport")
+_AUTH_ERRORS = (SaslAuthenticationFailedError, UnsupportedSaslMechanismError,
+                IllegalSaslStateError)
+
+
+class _AuthFailures(logging.Filter):
+    """Catches the auth errors kafka-python only logs while it retries a bootstrap;
+    installed on its connection loggers for one connect, it keeps the exceptions and
+    drops the records (the caller reports them in one line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.seen += [a for a in args if isinstance(a, _AUTH_ERRORS)]
+        return False
+
+
+def _any_port_open(bootstrap: str) -> bool:
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), 2):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
