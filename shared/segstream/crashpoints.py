@@ -3,10 +3,10 @@
 ``SEGSTREAM_CRASH_AT=<service>:<step>[@<n>]`` (e.g. ``segmenter:3@2``) makes the ``n``-th
 arrival (default: the first) of this process at step ``step`` of ``service`` end the
 process at once with ``os._exit(137)`` — what SIGKILL does to it: no ``finally``, no
-flush, no commit. The fault tests (tests/integration/test_faults.py) use it to kill a
-service exactly between two steps; it is never set in production, where ``reached`` is one
-dictionary lookup. The steps are those numbered in ``IngestService.handle_batch``,
-``EncoderWorker.process`` and ``SegmentStateWriter.commit``.
+flush, no commit. The fault tests (tests/integration/test_faults.py,
+test_crash_matrix.py) use it to kill a service exactly between two steps; it is never set
+in production, where ``reached`` is one dictionary lookup. The steps are those numbered
+in ``IngestService.handle_batch``, ``EncoderWorker.process`` and ``SegmentStateWriter.commit``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from segstream import crashpoints
 from segstream.config import Settings
 from segstream.errors import InfraError, InvalidEvent
 from segstream.events import Event, parse_event
@@ -109,14 +110,17 @@ class IngestService:
         state (redelivered records are skipped by their offset watermark), so nothing is
         lost or counted twice. Errors in 1-3 propagate and nothing is committed. ``run``
         performs the same steps through ``prepare``/``finish``, overlapping step 2 of one
-        batch with polling and step 1 of the next (see ``run``).
+        batch with polling and step 1 of the next (see ``run``). Both paths pass the crash
+        point ``ingest:N`` (``segstream.crashpoints``) just before step N.
         """
         prepared = self.prepare(records)                                      # step 1
+        crashpoints.reached("ingest", 2)
         results = self.store.apply(prepared.by_user) if prepared.by_user else {}  # step 2
         return self.finish(prepared, results, commit)                         # steps 3, 4
 
     def prepare(self, records: Sequence[Any]) -> Prepared:
         """Step 1: validate, clean, dead-letter (flushed) and compute the increments."""
+        crashpoints.reached("ingest", 1)
         m = self.metrics
         prepared = Prepared(records, defaultdict(list), BatchResult(records=len(records)))
         outcomes = prepared.result.outcomes
@@ -224,11 +228,13 @@ class IngestService:
             updates.append((uid, text if changed or redo else "",
                             changed or redo or "A" in res.statuses))
         result.users = len(results)
+        crashpoints.reached("ingest", 3)
         result.marked = self.store.store_texts(updates, rfm)                  # step 3
         m.dirty_marks.inc(result.marked)
         offsets: dict[TopicPartition, int] = {}  # the next offset to read
         for record in prepared.records:
             offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        crashpoints.reached("ingest", 4)
         commit(offsets)                                                       # step 4
         return result
 
@@ -335,6 +341,7 @@ class IngestService:
 
     def _send(self, prepared: Prepared, stats: RunStats) -> None:
         started = time.perf_counter()
+        crashpoints.reached("ingest", 2)
         try:
             inflight = self.store.send_apply(prepared.by_user) if prepared.by_user else None
         except redis.RedisError as exc:
