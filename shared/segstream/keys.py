@@ -52,7 +52,8 @@ key                    type    contents
 ``seg_members(sid)``   zset    segmenter → client, ``segstream serve``, ``export``: the
                                users whose current segment is ``sid`` (all scores 0, so
                                ZRANGE BYLEX pages are stable); written in the same MULTI
-                               as the users' ``seg`` hashes
+                               as the segmenter state (and, on a plain Redis, the
+                               users' ``seg`` hashes)
 ``model_registry()``   hash    rollout → encoder workers: active/previous/target model
 ``model_prev_state()`` string  rollout: the segmenter state before the last switch
 ``model_prev_ids()``   hash    rollout: user → segment id before the last switch

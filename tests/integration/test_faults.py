@@ -17,13 +17,13 @@ import torch
 from segstream.config import Settings
 from segstream.encoding import Encoder
 from segstream.errors import InfraError
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import KafkaClients
 from segstream.keys import Keys
 from segstream_services.encoder.claims import Claim
 from segstream_services.encoder.service import EncoderWorker
 from segstream_services.segmenter import audience
 from segstream_services.segmenter.service import SegmenterService
-from tests.helpers import wait_until
+from tests.helpers import segmenter_settings, wait_until
 
 pytestmark = pytest.mark.integration
 CATS = ("electronics", "books", "garden", "music", "toys", "sports")
@@ -37,18 +37,8 @@ def encoder() -> Encoder:
 
 @pytest.fixture
 def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
-    s = infra.model_copy(deep=True)
-    s.redis.key_prefix = unique
-    for name in ("events", "dlq", "segments", "catalog", "assignments"):
-        setattr(s.topics, name, f"{unique}.{name}")
-    s.topics.segments_partitions = 3
-    s.segmenter = s.segmenter.model_copy(update={
-        "k": 3, "cold_start_factor": 10, "metrics_port": 0, "block_ms": 50,
-        "catalog_refresh_s": 3600.0, "refit_every": 0})
+    s = segmenter_settings(infra, unique, kafka)
     s.encoder = s.encoder.model_copy(update={"metrics_port": 0, "max_wait_ms": 0})
-    admin = kafka.admin()
-    ensure_topics(admin, topic_specs(s.topics))
-    admin.close()
     return s
 
 
@@ -198,7 +188,7 @@ def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
 def test_segmenter_killed_at_every_step_of_its_commit_order_loses_and_doubles_nothing(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
         running: list[tuple[SegmenterService, threading.Thread]], tmp_path: Path) -> None:
-    """SIGKILL-equivalent exits (``SEGSTREAM_CRASH_AT``) at steps 1-6, twice each, of a
+    """SIGKILL-equivalent exits (``SEGSTREAM_CRASH_AT``) at steps 1-7, twice each, of a
     segmenter process while a second consumer keeps running."""
     import json
     import os
@@ -236,7 +226,7 @@ def test_segmenter_killed_at_every_step_of_its_commit_order_loses_and_doubles_no
         feed(f"a{i}", i % 3)
     start_segmenter(settings, kafka, "steady", running)  # the second consumer, throughout
     kills, n = 0, 0
-    for step in range(1, 7):
+    for step in range(1, 8):
         for nth in (1, 2):
             log = tmp_path / f"crash-{step}-{nth}.log"
             proc = subprocess.Popen(
@@ -258,7 +248,7 @@ def test_segmenter_killed_at_every_step_of_its_commit_order_loses_and_doubles_no
                     proc.wait()
             assert proc.returncode == 137, log.read_text()[-2000:]
             kills += 1
-    assert kills == 12
+    assert kills == 14
 
     def settled() -> bool:
         info = redis_conn.xinfo_groups(keys.embedded())[0]

@@ -1,26 +1,37 @@
 """segstream on a real 3-master Redis Cluster (local redis-server processes in cluster
-mode): every key a script or multi-key command touches together hashes to one slot, and
-the ingest exactness test and the 2 + 2 scale-out test pass unchanged on the cluster (a
-cluster client refuses cross-slot scripts, pipelines and transactions, and each node
-refuses a script that reaches a key outside its slots)."""
+mode): every key a script or multi-key command touches together hashes to one slot, the
+ingest exactness test and the 2 + 2 scale-out test pass unchanged on the cluster, and two
+segmenter consumers store and publish segments on it, finishing the outbox of a writer
+that died between storing a batch and writing its users (a cluster client refuses
+cross-slot scripts, pipelines and transactions, and each node refuses a script that
+reaches a key outside its slots)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from segstream.config import Settings
+from segstream.errors import InfraError
 from segstream.feature_store import FeatureStore
+from segstream.kafka_client import KafkaClients
 from segstream.keys import Keys
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.dev.local_redis_cluster import LocalRedisCluster
 from segstream_services.encoder.claims import ClaimQueue
+from segstream_services.segmenter import audience, store
+from segstream_services.segmenter.service import SegmenterService
+from tests.helpers import segmenter_settings, wait_until
 from tests.integration import test_ingest as ingest_tests
 from tests.integration import test_scale_out as scale_tests
+from tests.integration.test_client import feed
+from tests.integration.test_segmenter_service import Topic
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +100,71 @@ def test_two_plus_two_scale_out_on_redis_cluster(cluster_infra: Settings, unique
     finally:
         for fleet in fleets:
             fleet.kill_all()
+
+
+def test_two_segmenters_on_redis_cluster_store_and_publish_the_same_segments(
+        cluster_infra: Settings, unique: str, kafka: KafkaClients) -> None:
+    """A writer dies after storing its batch in the segmenter's slot (step 3) and before
+    writing its users (step 4); two consumers then finish its outbox and share the rest:
+    every user's hash, member set and last published record agree, none counted twice."""
+    settings = segmenter_settings(cluster_infra, unique, kafka, batch_size=8,
+                                  cold_start_factor=2)
+    client = redis_client(settings.redis)
+    keys = Keys(unique)
+    rng = np.random.default_rng(17)
+    mode_of = {f"u{i}": i % 3 for i in range(12)}
+    for uid, mode in mode_of.items():
+        feed(client, keys, uid, mode, rng)
+    segments = Topic(kafka, settings.topics.segments)
+    dead = SegmenterService(settings, client=client, kafka=kafka, consumer="dies")
+    dead.ensure_group()
+    raw = client.xreadgroup(settings.segmenter.group, "dies", {keys.embedded(): ">"},
+                            count=8)[0][1]
+
+    def killed(box: dict[str, object]) -> None:
+        raise InfraError("killed between storing the batch and writing its users")
+
+    dead.writer._write_users = killed  # type: ignore[method-assign]
+    with pytest.raises(InfraError, match="killed"):
+        dead.handle(raw)
+    dead.close()
+    assert client.hget(keys.seg_state(), store.OUTBOX) is not None  # stored, not applied
+    assert audience.member_sets(client, keys) and not audience.recount(client, keys)
+    assert segments.poll() == []
+
+    running = []
+    for name in ("dies", "other"):  # "dies" re-reads its pending entries on restart
+        svc = SegmenterService(settings, kafka=kafka, consumer=name)
+        thread = threading.Thread(target=svc.run, daemon=True)
+        thread.start()
+        running.append((svc, thread))
+    try:
+        for i in range(12, 90):
+            mode_of[f"u{i}"] = i % 3
+            feed(client, keys, f"u{i}", i % 3, rng)
+        for i in range(0, 12, 3):  # interests change: these users move
+            mode_of[f"u{i}"] = (mode_of[f"u{i}"] + 1) % 3
+            feed(client, keys, f"u{i}", mode_of[f"u{i}"], rng)
+
+        def settled() -> bool:
+            group = client.xinfo_groups(keys.embedded())[0]
+            return group["pending"] == 0 and group.get("lag", 0) == 0 and \
+                client.hget(keys.seg_state(), store.OUTBOX) is None
+
+        wait_until(settled, 120, what="both consumers to drain the stream")
+        segments.wait_for(90, "a record for every user")
+    finally:
+        for svc, thread in running:
+            svc.stop()
+            thread.join(15)
+    assert all(svc.metrics.entries.labels("processed")._value.get() > 0
+               for svc, _ in running)
+    last = {r["user_id"]: r["segment_id"] for r in segments.poll()}
+    stored = {u: (client.hget(keys.seg(u), "segment_id") or b"").decode() for u in mode_of}
+    assert set(last) == set(mode_of) and stored == last  # subscribers hold what is stored
+    assert audience.member_sets(client, keys) == audience.recount(client, keys)
+    assert sum(map(len, audience.recount(client, keys).values())) == len(mode_of)
+    model, _, _ = store.read_state(client, keys)
+    assert model is not None and model.trained
+    assert sum(model.segments[s].size for s in model.slot_ids) == len(mode_of)  # none twice
+    client.close()

@@ -12,13 +12,13 @@ import pytest
 import redis
 
 from segstream.config import Settings
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import KafkaClients
 from segstream.keys import Keys
 from segstream.segmentation import Observation, OnlineSegmenter
 from segstream.segmentation.types import Family, SegConfig, Segment
 from segstream_services.segmenter import store
 from segstream_services.segmenter.service import SegmenterService
-from tests.helpers import wait_until
+from tests.helpers import segmenter_settings, wait_until
 from tests.integration.test_client import CENTRES, DIM, MODEL, feed
 
 pytestmark = pytest.mark.integration
@@ -27,18 +27,7 @@ DAY_MS = 86_400_000
 
 @pytest.fixture
 def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
-    s = infra.model_copy(deep=True)
-    s.redis.key_prefix = unique
-    for name in ("events", "dlq", "segments", "catalog", "assignments"):
-        setattr(s.topics, name, f"{unique}.{name}")
-    s.topics.segments_partitions = 1
-    s.segmenter = s.segmenter.model_copy(update={
-        "k": 3, "cold_start_factor": 10, "metrics_port": 0, "block_ms": 50,
-        "catalog_refresh_s": 3600.0, "refit_every": 0, "retired_retention_days": 30})
-    admin = kafka.admin()
-    ensure_topics(admin, topic_specs(s.topics))
-    admin.close()
-    return s
+    return segmenter_settings(infra, unique, kafka, partitions=1, retired_retention_days=30)
 
 
 def test_the_segmenter_prunes_old_retired_segments(settings: Settings,

@@ -4,10 +4,12 @@ sets, the compacted ``segstream.assignments`` topic, and the freshness of its ch
 - **Member sets** (``Keys.seg_members(sid)``, sorted sets with score 0): a user is in the
   set of its stored segment and in no other. The writer of segment state reads the
   users' stored segment ids under the model lock (``stored_segments``), then stages
-  ``ZREM old`` / ``ZADD new`` (``stage_move``) in the same MULTI/EXEC as the ``seg`` hash
-  write, so the sets move with the hashes or not at all; a replayed batch re-adds
-  idempotently. ``recount`` derives the sets from the hashes (tests, and
-  ``rebuild_members`` for state written before the sets existed).
+  ``ZREM old`` / ``ZADD new`` (``stage_move``) in the MULTI/EXEC that stores the model
+  state; on a plain Redis the ``seg`` hash writes are in it too, so the sets move with the
+  hashes or not at all (on a Redis Cluster the hashes follow from the writer's outbox:
+  ``store.SegmentStateWriter.commit``); a replayed batch re-adds idempotently.
+  ``recount`` derives the sets from the hashes (tests, and ``rebuild_members`` for state
+  written before the sets existed).
 - **Assignments topic**: every change record is also produced, with the same value, to
   the compacted topic (key = user id), so the latest record per key is the user's current
   assignment; ``tombstone`` publishes the null value that erases a forgotten user.
@@ -43,7 +45,7 @@ def stored_segments(client: redis.Redis, keys: Keys, users: Iterable[str]
 
 def stage_move(pipe: Any, keys: Keys, user_id: str, old: str | None, new: str | None) -> None:
     """Queue the member-set update of one user whose stored segment goes ``old`` → ``new``
-    on ``pipe`` (a MULTI pipeline that also writes the user's ``seg`` hash)."""
+    on ``pipe`` (the MULTI pipeline that stores the segmenter state)."""
     if old and old != new:
         pipe.zrem(keys.seg_members(old), user_id)
     if new:

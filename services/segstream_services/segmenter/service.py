@@ -3,9 +3,11 @@
 One batch: read entries of the ``embedded`` stream (``stream_entry.EmbeddedEntry``) with a
 consumer group, keep the newest entry per user, load the users' vectors, update the model
 and assign (``OnlineSegmenter``), then write through ``store.SegmentStateWriter.commit``
-(steps 1-5: publish a leftover outbox; store the users' segment hashes, the model state
-and this batch's outbox of records in one MULTI/EXEC; publish the outbox and wait for
-Kafka's acks; clear it) and only then (step 6) XACK the entries. A crash anywhere replays
+(steps 1-6: finish a leftover outbox; check the lock; store the users' segment hashes
+and member-set moves, the model state and this batch's outbox of records in one
+MULTI/EXEC — on a Redis Cluster, one within the segmenter's hash slot, the hashes then
+written per user from the outbox; publish the outbox and wait for Kafka's acks; clear
+it) and only then (step 7) XACK the entries. A crash anywhere replays
 the batch: entries whose ids the stored state already lists as applied are only acked
 (after the outbox they left is published), so the model never learns a batch twice, and
 a user whose stored segment already matches emits nothing new (at-least-once output,
@@ -21,7 +23,6 @@ the work of reading, deduplicating and publishing, and take over from a dead one
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -39,14 +40,14 @@ from segstream.errors import InfraError
 from segstream.features import Rfm
 from segstream.kafka_client import KafkaClientError, KafkaClients, kafka_clients
 from segstream.keys import Keys
-from segstream.records import change_record, signature, with_event
+from segstream.records import change_record
 from segstream.redis_io import redis_client
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter, SegConfig
 from segstream.segmentation.engagement import engagement_tier
 from segstream.segmentation.labels import text_changes
 from segstream.state_epoch import StateEpoch
 from segstream.stream_entry import EmbeddedEntry
-from segstream_services.segmenter import audience, retention, store, stream
+from segstream_services.segmenter import audience, publish, retention, store, stream
 from segstream_services.segmenter.metrics import SegmenterMetrics
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,7 @@ class SegmenterService:
         self.rev = -1
         self.applied: deque[str] = deque(maxlen=store.APPLIED_KEEP)
         self._applied_set: set[str] = set()
-        self._catalog_sig: dict[str, str] = {}
-        self._catalog_at = 0.0
+        self.catalog = publish.CatalogPicker(self.s.catalog_refresh_s)
         self._claim_at = 0.0
         self._trim_at = 0.0
         self._pending = True  # first read our own unacked entries (a restart after a crash)
@@ -154,7 +154,7 @@ class SegmenterService:
         """After a failed batch: forget in-memory changes, re-read our pending entries."""
         self.rev = -1
         self._pending = True
-        self._catalog_sig.clear()  # entries picked for a batch that was never stored
+        self.catalog.forget()  # entries picked for a batch that was never stored
 
     @property
     def producer(self) -> Any:
@@ -209,7 +209,7 @@ class SegmenterService:
                     latest[entry.user_id] = entry
             if latest:
                 self._apply(latest, lock)
-            crashpoints.reached("segmenter", 6)
+            crashpoints.reached("segmenter", 7)
             self.redis.xack(self.stream, self.s.group, *ids)
         self._trim_if_due()
 
@@ -259,7 +259,7 @@ class SegmenterService:
             texts={uid: st[_NEW_TEXT] for uid, st in states.items()
                    if st.get(_NEW_TEXT) is not None},
             applied=list(self.applied), lock=lock,
-            select_catalog=lambda entries: self._catalog_out(entries, events, published),
+            select_catalog=lambda entries: self.catalog.pick(entries, events, published),
             extra=(lambda pipe: pipe.hdel(self.keys.seg_catalog(), *pruned)) if pruned
             else None)
         self.metrics.catalog.inc(sum(published))
@@ -298,20 +298,10 @@ class SegmenterService:
     def _fill_missing_states(self, users: list[str], states: dict[str, dict[str, Any]]
                              ) -> None:
         """Per-user state of users not read in this batch (assigned from the cold-start
-        buffer, or looked at by a maintenance refit)."""
-        missing = [uid for uid in users if uid not in states]
-        if not missing:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for uid in missing:
-            pipe.hgetall(self.keys.seg(uid))
-        for uid, raw in zip(missing, pipe.execute(), strict=True):
-            seg = store.decode_hash(raw)
-            last = int(seg.get("last_active_ms") or now_ms())
-            states[uid] = {**seg, "event_ms": last, "last_active_ms": last,
-                           "first_seen_ms": int(seg.get("first_seen_ms") or last),
-                           "frequency": int(seg.get("frequency") or 1),
-                           "model_version": self.model.model_version or ""}
+        buffer, or looked at by a maintenance refit): ``store.stored_states``."""
+        states.update(store.stored_states(self.redis, self.keys,
+                                          [uid for uid in users if uid not in states],
+                                          self.model.model_version or ""))
 
     def _load_rfm(self, users: list[str], states: dict[str, dict[str, Any]]) -> None:
         """For the users about to get a record: the event-time RFM ingest published
@@ -381,59 +371,21 @@ class SegmenterService:
             self.applied.append(eid)
             self._applied_set.add(eid)
 
-    def _catalog_out(self, entries: dict[str, dict[str, Any]], events: list[dict[str, Any]],
-                     published: list[int]) -> list[tuple[str, dict[str, Any]]]:
-        """The catalog entries to publish: all every ``catalog_refresh_s``, else those a
-        lineage event touched or whose content changed (with the event when there is one)."""
-        full = time.monotonic() - self._catalog_at > self.s.catalog_refresh_s
-        touched = {e["segment_id"]: e for e in events}
-        out = []
-        for sid, entry in entries.items():
-            sig = signature(entry)
-            if full or sid in touched or self._catalog_sig.get(sid) != sig:
-                out.append((sid, with_event(entry, touched[sid]) if sid in touched else entry))
-                self._catalog_sig[sid] = sig
-        if full:
-            self._catalog_at = time.monotonic()
-        published.append(len(out))
-        return out
-
-    def _publish(self, topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:
-        """Send and wait for every ack (raises on failure, so nothing gets acked); the state
-        writer publishes through it."""
-        if not records:
-            return
-        futures = [self.producer.send(topic, json.dumps(v).encode(), key=k.encode())
-                   for k, v in records]
-        self.producer.flush(timeout=self.settings.kafka.request_timeout_ms / 1000)
-        for f in futures:
-            f.get(timeout=self.settings.kafka.request_timeout_ms / 1000)
+    def _publish(self, topic: str, records: store.Records) -> None:
+        """Send and wait for every ack (``publish.send_and_wait``); the state writer
+        publishes through it."""
+        publish.send_and_wait(self.producer, topic, records,
+                              self.settings.kafka.request_timeout_ms / 1000)
 
     # ------------------------------------------------------------------ model state
-    def _fresh_model(self) -> OnlineSegmenter:
-        """A new model when Redis holds none: its ids continue after the highest ever
-        published on the catalog topic; if there are any, Redis lost the state that
-        produced them, which is declared (alarm metric, unhealthy ``/healthz``)."""
-        model = OnlineSegmenter(self.config)
-        seg, fam = store.published_high_ids(self.kafka, self.settings.topics.catalog)
-        if seg or fam:
-            model.next_segment = max(model.next_segment, seg + 1)
-            model.next_family = max(model.next_family, fam + 1)
-            self.epoch.declare_lost(
-                f"Redis lost its data: it has no segmenter state but the catalog topic "
-                f"lists segments up to s{seg}; new ids continue from s{seg + 1}")
-        return model
-
     def _refresh_model(self) -> None:
-        """Reload the model when another writer (or a restart) moved the stored revision."""
-        if store.read_rev(self.redis, self.keys) == self.rev:
-            return
-        model, rev, applied = store.read_state(self.redis, self.keys)
-        if model is None:
-            model = self._fresh_model()
-        elif model.config != self.config:
-            log.warning("stored segmenter state uses %s; settings say %s: keeping the stored "
-                        "one", model.config, self.config)
-        self.model, self.rev = model, rev
-        self.applied = deque(applied, maxlen=store.APPLIED_KEEP)
-        self._applied_set = set(self.applied)
+        """Reload the model when another writer (or a restart) moved the stored revision
+        (``store.load_if_moved``; a fresh one from ``store.fresh_model`` when none)."""
+        loaded = store.load_if_moved(
+            self.redis, self.keys, self.rev, self.config,
+            lambda: store.fresh_model(self.config, self.kafka, self.settings.topics.catalog,
+                                      self.epoch))
+        if loaded is not None:
+            self.model, self.rev, applied = loaded
+            self.applied = deque(applied, maxlen=store.APPLIED_KEEP)
+            self._applied_set = set(self.applied)
