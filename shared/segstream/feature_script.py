@@ -47,7 +47,9 @@ local function bucket(field)
 end
 
 local function unhex(h)
-  return (string.gsub(h, '..', function(x) return string.char(tonumber(x, 16)) end))
+  local b = {}
+  for j = 1, #h, 2 do b[#b + 1] = tonumber(string.sub(h, j, j + 1), 16) end
+  return string.char(unpack(b))
 end
 
 for e, ev in ipairs(events) do
@@ -113,15 +115,9 @@ for e, ev in ipairs(events) do
   end
 end
 
-for field in pairs(changed) do
-  local t, keys, parts = cache[field], {}, {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for j, k in ipairs(keys) do parts[j] = k .. '=' .. string.format('%d', t[k]) end
-  redis.call('HSET', fkey, field, table.concat(parts, ';'))
-end
+local oldest = -1  -- the window moved: days before it are dropped
 if dx > olddx and olddx >= 0 then
-  local oldest = dx - win + 1
+  oldest = dx - win + 1
   for _, field in ipairs(redis.call('HKEYS', fkey)) do
     local d = tonumber(string.match(field, '^%a:(%d+)$'))
     if d and d < oldest then redis.call('HDEL', fkey, field) end
@@ -129,6 +125,16 @@ if dx > olddx and olddx >= 0 then
 end
 local fields = {'_dx', string.format('%d', dx), '_rm', string.format('%d', rm),
                 '_rn', string.format('%d', rn), '_last', string.format('%d', last)}
+for field in pairs(changed) do  -- every changed bucket in the one HSET below
+  if (tonumber(string.match(field, '^%a:(%d+)$')) or oldest) >= oldest then
+    local t, keys, parts = cache[field], {}, {}
+    for k in pairs(t) do keys[#keys + 1] = k end
+    table.sort(keys)
+    for j, k in ipairs(keys) do parts[j] = k .. '=' .. string.format('%d', t[k]) end
+    fields[#fields + 1] = field
+    fields[#fields + 1] = table.concat(parts, ';')
+  end
+end
 for wmf, off in pairs(wms) do
   fields[#fields + 1] = wmf
   fields[#fields + 1] = string.format('%d', off)
@@ -138,7 +144,7 @@ if interested then
   fields[#fields + 1] = string.format('%d', anchor)
 end
 redis.call('HSET', fkey, unpack(fields))
-if kttl > 0 then redis.call('EXPIRE', fkey, kttl) end
+if kttl > 0 and not active then redis.call('EXPIRE', fkey, kttl) end
 if interested then
   if rescale ~= 1 then
     local old = redis.call('ZRANGE', ikey, 0, -1, 'WITHSCORES')
@@ -147,16 +153,24 @@ if interested then
       if aw > 0 then redis.call('ZADD', ikey, aw, old[j]) else redis.call('ZREM', ikey, old[j]) end
     end
   end
-  for item, aw in pairs(iadds) do redis.call('ZINCRBY', ikey, aw, item) end
-  local over = redis.call('ZCARD', ikey) - imax
-  if over > 0 then redis.call('ZPOPMIN', ikey, over) end
-  if kttl > 0 then redis.call('EXPIRE', ikey, kttl) end
+  -- one ZMSCORE and one ZADD instead of a ZINCRBY per item (the same double sums)
+  local items, scores = {}, {}
+  for item in pairs(iadds) do items[#items + 1] = item end
+  local cur = redis.call('ZMSCORE', ikey, unpack(items))
+  for j, item in ipairs(items) do
+    scores[#scores + 1] = (tonumber(cur[j]) or 0) + iadds[item]
+    scores[#scores + 1] = item
+  end
+  if redis.call('ZADD', ikey, unpack(scores)) > 0 then
+    local over = redis.call('ZCARD', ikey) - imax
+    if over > 0 then redis.call('ZPOPMIN', ikey, over) end
+  end
 end
 if deduped then
   local ref = math.max(newest, last)
   redis.call('ZREMRANGEBYSCORE', dkey, '-inf', '(' .. string.format('%d', ref - dwin))
   redis.call('ZREMRANGEBYRANK', dkey, 0, -dmax - 1)
-  if kttl > 0 then redis.call('EXPIRE', dkey, kttl) end
+  if kttl > 0 and not active then redis.call('EXPIRE', dkey, kttl) end
 end
 if titled then
   local args = {}
@@ -166,7 +180,7 @@ if titled then
   end
   redis.call('ZADD', tkey, 'GT', unpack(args))
   redis.call('ZREMRANGEBYRANK', tkey, 0, -maxtitles - 1)
-  if kttl > 0 then redis.call('EXPIRE', tkey, kttl) end
+  if kttl > 0 and not active then redis.call('EXPIRE', tkey, kttl) end
 end
 if active and kttl > 0 then  -- an applied event: every key of the user lives on
   for j = 1, #KEYS do redis.call('EXPIRE', KEYS[j], kttl) end

@@ -42,7 +42,6 @@ one script call, so a crash never leaves half an update.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import zlib
 from collections import OrderedDict
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
+import msgspec
 import redis
 
 from segstream import redis_scripts
@@ -60,6 +60,8 @@ from segstream.features import Increment, Rfm, UserState
 from segstream.keys import Keys
 
 SEEN_ITEMS = 100_000  # items a process remembers having registered
+KEYS_CACHED = 100_000  # users whose script KEYS a store keeps (rebuilt when full)
+_PAYLOAD = msgspec.json.Encoder()  # UTF-8 JSON, non-ASCII text kept as is
 
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
@@ -143,27 +145,40 @@ class FeatureStore:
         self._apply = client.register_script(APPLY_LUA)
         self._loaded = False
         self._half_life_ms = int(settings.interest.half_life_days * 86_400_000)
+        # max_items 0: no online interest state, so no item ids, weights or item texts
+        self._interest = settings.interest.max_items > 0
+        cfg = self.cfg
+        self._head: list[str | int] = [  # ARGV 1-7, the same for every call
+            max(cfg.windows_days), cfg.max_categories_per_day,
+            cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
+            cfg.dedup_max_per_user, settings.redis.user_ttl_s]
+        self._tail: list[str | int] = [self._half_life_ms, settings.interest.max_items]
+        self._user_keys: dict[str, list[str]] = {}
         self._new_items: dict[str, tuple[str, str]] = {}
         self._seen_items: OrderedDict[str, None] = OrderedDict()
 
     def user_keys(self, user_id: str) -> list[str]:
         """The script's KEYS: its five keys, then the user's other keys (``Keys.user_keys``),
-        whose TTL an applied event refreshes (the user is active)."""
-        k = self.keys
-        own = [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id),
-               k.interest(user_id)]
-        return own + [key for key in k.user_keys(user_id) if key not in own]
+        whose TTL an applied event refreshes (the user is active). Kept per user (the
+        same list every batch: treat it as read-only)."""
+        found = self._user_keys.get(user_id)
+        if found is None:
+            if len(self._user_keys) >= KEYS_CACHED:
+                self._user_keys.clear()
+            k = self.keys
+            own = [k.features(user_id), k.dedup(user_id), k.titles(user_id), k.text(user_id),
+                   k.interest(user_id)]
+            found = own + [key for key in k.user_keys(user_id) if key not in own]
+            self._user_keys[user_id] = found
+        return found
 
-    def _args(self, events: Sequence[PendingEvent]) -> list[str | int]:
-        cfg = self.cfg
-        payload = [[dedup_member(ev.event_id).hex(), watermark_field(ev.topic, ev.partition),
+    def _args(self, events: Sequence[PendingEvent]) -> list[str | int | bytes]:
+        interest = self._interest
+        payload = [(dedup_member(ev.event_id).hex(), watermark_field(ev.topic, ev.partition),
                     ev.offset, ev.inc.ts_ms, ev.inc.minute, ev.inc.day, ev.inc.title or "",
-                    ev.inc.adds, ev.item_id, ev.weight] for ev in events]
-        return [max(cfg.windows_days), cfg.max_categories_per_day,
-                cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
-                cfg.dedup_max_per_user, self.settings.redis.user_ttl_s,
-                json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
-                self._half_life_ms, self.settings.interest.max_items]
+                    ev.inc.adds, ev.item_id if interest else "",
+                    ev.weight if interest else 0) for ev in events]
+        return [*self._head, _PAYLOAD.encode(payload), *self._tail]
 
     def apply(self, by_user: dict[str, list[PendingEvent]]) -> dict[str, UserResult]:
         """Apply every user's events (one script call per user, pipelined by chunk).
@@ -249,6 +264,8 @@ class FeatureStore:
     def note_item(self, item_id: str, title: str | None, category: str | None) -> None:
         """Remember an item seen with a text; the next ``store_texts`` registers it (once per
         process, ``SEEN_ITEMS`` most recent items) before it marks any user dirty."""
+        if not self._interest:  # interest.max_items 0: items are never embedded
+            return
         if item_id in self._seen_items or item_id in self._new_items:
             return
         self._new_items[item_id] = (title or "", category or "")
