@@ -29,7 +29,8 @@ import yaml
 from pydantic import SecretStr
 
 from segstream.config import RedisSettings, Settings
-from segstream.kafka_io import KafkaClients, ensure_topics, topic_specs
+from segstream.kafka_client import kafka_clients
+from segstream.kafka_io import ensure_topics, topic_specs
 from segstream.redis_io import redis_client
 from segstream.synthetic import SyntheticStream
 from tests import tooling
@@ -161,7 +162,7 @@ def test_prometheus_scrapes_the_key_series(infra: Settings, unique: str, tmp_pat
         # the compose ACL allows the default prefix only; this Redis is the test's own
         "redis": infra.redis.model_copy(update={"key_prefix": "ss"}),
         "ingest": infra.ingest.model_copy(update={"group_id": f"{unique}.ingest"})})
-    clients = KafkaClients(settings.kafka)
+    clients = kafka_clients(settings.kafka)
     admin = clients.admin()
     try:
         ensure_topics(admin, topic_specs(settings.topics))
