@@ -242,3 +242,45 @@ def catalogue_center(vectors: Iterable[np.ndarray]) -> np.ndarray | None:
     rows = [np.asarray(v, dtype=np.float64) / np.linalg.norm(v) for v in vectors
             if vector_problem(v) is None]
     return np.mean(rows, axis=0) if rows else None
+
+
+def cooccurrence_smoothed(events: Iterable[Event], item_vectors: Mapping[str, np.ndarray],
+                          weight: float) -> dict[str, np.ndarray]:
+    """Item vectors pulled toward the items the same users take: the collaborative signal
+    brought into the language space (from the events given only, e.g. before a split).
+
+    ``v_i' = unit(unit(v_i) + weight * unit(c_i))`` with ``c_i`` the mean, over the users
+    who took item ``i`` (each weighed by ``log(1 + times taken)``), of those users' mean
+    unit item vector (same weights). That is ``c = W v`` with ``W = D1⁻¹ Xᵀ D2⁻¹ X``
+    row-stochastic over the user × item matrix ``X``: items co-consumed by the same users,
+    each user's basket counted once. An item without a usable text vector takes ``unit(c_i)``
+    (it co-occurred with embedded items); one without either is left out.
+    """
+    from scipy import sparse
+
+    counts: Counter[tuple[str, str]] = Counter((e.user_id, e.item_id) for e in events)
+    items = sorted({i for _, i in counts} | set(item_vectors))
+    if not counts or not items:
+        return dict(item_vectors)
+    users = sorted({u for u, _ in counts})
+    u_index = {u: n for n, u in enumerate(users)}
+    i_index = {i: n for n, i in enumerate(items)}
+    rows = [u_index[u] for u, _ in counts]
+    cols = [i_index[i] for _, i in counts]
+    X = sparse.csr_matrix((np.log1p(np.fromiter(counts.values(), dtype=np.float64)),
+                           (rows, cols)), shape=(len(users), len(items)))
+    dim = len(next(iter(item_vectors.values()))) if item_vectors else 0
+    V = np.zeros((len(items), dim))
+    has = np.zeros(len(items))
+    for item, vec in item_vectors.items():
+        if vector_problem(vec) is None:
+            V[i_index[item]] = np.asarray(vec, dtype=np.float64) / np.linalg.norm(vec)
+            has[i_index[item]] = 1.0
+    user_mean = (X @ V) / np.maximum(X @ has, EPS)[:, None]  # each user's basket direction
+    takers = np.asarray(X.sum(axis=0)).ravel()
+    co = (X.T @ user_mean) / np.maximum(takers, EPS)[:, None]
+    co_norm = np.linalg.norm(co, axis=1, keepdims=True)
+    co = np.where(co_norm > EPS, co / np.maximum(co_norm, EPS), 0.0)
+    mixed = V + weight * co
+    norms = np.linalg.norm(mixed, axis=1)
+    return {item: mixed[n] / norms[n] for n, item in enumerate(items) if norms[n] > EPS}

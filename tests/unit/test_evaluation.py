@@ -26,6 +26,7 @@ from segstream.evaluation import (
     truth,
 )
 from segstream.events import Event
+from segstream.interest import cooccurrence_smoothed
 
 DAY = 86_400_000
 
@@ -135,3 +136,24 @@ def test_cooccurrence_svd_groups_users_who_share_items() -> None:
               for taste in ("rock", "jazz")}
     assert len(groups["rock"]) == len(groups["jazz"]) == 1 and groups["rock"] != groups["jazz"]
     assert cooccurrence_matrix([])[1].shape == (0, 64)
+
+
+def test_cooccurrence_smoothing_pulls_items_toward_what_the_same_users_take() -> None:
+    e1, e2, e3 = np.eye(3)
+    vectors = {"guitar": e1, "amp": e2, "flute": e3, "empty": np.zeros(3)}
+    history = [ev("u1", "guitar", 1), ev("u1", "amp", 2), ev("u2", "guitar", 1),
+               ev("u2", "amp", 2), ev("u2", "strings", 3), ev("u3", "flute", 1)]
+    out = cooccurrence_smoothed(history, vectors, weight=1.0)
+    np.testing.assert_allclose([np.linalg.norm(v) for v in out.values()], 1.0)
+    # guitar and amp were taken by the same users: each moves toward the other
+    assert out["guitar"] @ e2 > 0.3 and out["amp"] @ e1 > 0.3
+    # by hand: unit(e1 + unit(e1 + e2)) = (0.924, 0.383, 0), so the cosine is 1/sqrt(2)
+    assert out["guitar"] @ out["amp"] == pytest.approx(2 ** -0.5)
+    # nobody took flute with anything else: it stays where its text put it
+    np.testing.assert_allclose(out["flute"], e3)
+    # an item with no text takes the direction of the baskets it was in
+    assert out["strings"] @ (e1 + e2) / np.sqrt(2) > 0.99 and out["strings"] @ e3 == 0
+    assert "empty" not in out  # no text and never taken: left out
+    unchanged = cooccurrence_smoothed(history, vectors, weight=0.0)
+    np.testing.assert_allclose(unchanged["guitar"], e1)
+    assert "strings" not in unchanged

@@ -85,12 +85,18 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
     assert len(result["tuning_splits_ms"]) == 1 and result["tuning"]
     assert min(result["splits_used_ms"]) >= max(result["tuning_splits_ms"]) + 6 * 86_400_000
     best = {}
-    for method in ("segstream: interest vector", "segstream: combination"):
-        rows = [r for r in result["tuning"] if r["method"] == method]
+    smoothed = "segstream: interest + co-occurrence"
+    for method in ("segstream: interest vector", "segstream: combination", smoothed):
+        rows = [r for r in result["tuning"] if r["method"] == method
+                and not r.get("dims") and not r.get("carry_days")]  # probes are not chosen
         best[method] = max(rows, key=lambda r: r["ndcg"])  # the first of equals, as chosen
     assert result["chosen"]["half_life_days"] == \
         best["segstream: interest vector"]["half_life_days"]
     assert result["chosen"]["text_weight"] == best["segstream: combination"]["text_weight"]
+    assert result["chosen"]["cooc_weight"] == best[smoothed]["cooc_weight"]
+    assert 0.0 in {r.get("text_weight") for r in result["tuning"]}  # interest alone competes
+    probes = [r for r in result["tuning"] if r.get("carry_days")]
+    assert probes and all("stability_7d" in per_k for r in probes for per_k in r["per_k"].values())
 
 
 @pytest.mark.parametrize(

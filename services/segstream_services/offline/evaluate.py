@@ -35,6 +35,7 @@ from segstream.evaluation import (
     truth,
 )
 from segstream.events import Event
+from segstream.interest import cooccurrence_smoothed, event_weight
 from segstream.offline import (
     TextEmbedder,
     combine_views,
@@ -44,19 +45,30 @@ from segstream.offline import (
     segment_vectors,
     view_matrix,
 )
-from segstream.segmentation import SegConfig
+from segstream.segmentation import Observation, SegConfig
 
 DAY_MS = 86_400_000
 POP, RFM, COOC, CAT = ("global popularity", "RFM + KMeans", "co-occurrence SVD + KMeans",
                        "category histogram + KMeans")
 INTEREST, TEXT, COMBO = ("segstream: interest vector", "segstream: feature text",
                          "segstream: combination")
-METHODS = (POP, RFM, COOC, CAT, INTEREST, TEXT, COMBO)
-SEGSTREAM = (INTEREST, TEXT, COMBO)
-# The grid searched on the tuning splits (only with tune_until).
+SMOOTHED = "segstream: interest + co-occurrence"
+METHODS = (POP, RFM, COOC, CAT, INTEREST, TEXT, COMBO, SMOOTHED)
+SEGSTREAM = (INTEREST, TEXT, COMBO, SMOOTHED)
+# The grid searched on the tuning splits (only with tune_until). A text weight of 0 is
+# the interest vector alone.
 HALF_LIVES = (14.0, 60.0, 180.0, 365.0, 0.0)
 CENTRES = (True, False)
-TEXT_WEIGHTS = (0.35, 0.5, 0.75, 1.0)
+TEXT_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+# ``SMOOTHED``: the weight of the co-occurrence direction in the item vectors
+# (``interest.cooccurrence_smoothed``); an offline ablation, not yet a setting.
+COOC_WEIGHTS = (0.5, 1.0, 2.0)
+DEFAULT_COOC_WEIGHT = 1.0
+# Probes logged on the tuning splits (never chosen): the interest view reduced by PCA to
+# this many dimensions before clustering, and segmentations carried forward online from
+# the first stability offset (``carried_labels``) instead of refitted; the baselines.
+PROBE_DIMS = (16, 64)
+REFERENCES = (RFM, COOC)
 
 Progress = Callable[[str], None]
 
@@ -176,6 +188,7 @@ class Data:
         embed(texts)
         self.dim = int(embed.encoder.dim)
         self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
+        self._smoothed: dict[tuple[float, bool, float, int], np.ndarray] = {}
         self.interest_counts: dict[str, int] = {}
         self.baselines: dict[int, dict[str, tuple[list[str], np.ndarray]]] = {}
         say("building baseline matrices")
@@ -201,6 +214,21 @@ class Data:
                 self.interest_counts = counts
         return view_matrix(self.users(t), self._interest[key][t], self.dim)[0]
 
+    def smoothed_vectors(self, t: int, half_life: float, center: bool, weight: float
+                         ) -> np.ndarray:
+        """Interest vectors at ``t`` over item vectors smoothed by the co-occurrences of
+        the events before ``t`` (recomputed per snapshot, as a periodic job would)."""
+        key = (half_life, center, weight, t)
+        if key not in self._smoothed:
+            history = self.history(t)
+            settings = self.interest.model_copy(update={"half_life_days": half_life,
+                                                        "center_items": center})
+            liked = [e for e in history if event_weight(e, settings) > 0]
+            items = cooccurrence_smoothed(liked, self.item_vectors, weight)
+            by_time, _ = interest_at(history, [t], settings, items)
+            self._smoothed[key] = view_matrix(self.users(t), by_time[t], self.dim)[0]
+        return self._smoothed[key]
+
     def text_vectors(self, t: int) -> np.ndarray:
         return self.embed([self.profiles[t][u].text for u in self.users(t)])
 
@@ -212,15 +240,31 @@ class Data:
         center = params.get("center_users", False)
         if method == TEXT:
             return users, combine_views([(self.text_vectors(t), 1.0)], center)
+        if method == SMOOTHED:
+            smoothed = self.smoothed_vectors(t, params["half_life_days"],
+                                             params["center_items"], params["cooc_weight"])
+            return users, combine_views([(smoothed, 1.0)], center)
         inter = self.interest_vectors(t, params["half_life_days"], params["center_items"])
         if method == INTEREST:
-            return users, combine_views([(inter, 1.0)], center)
+            return users, reduce_dims(combine_views([(inter, 1.0)], center),
+                                      params.get("dims", 0))
         return users, combine_views([(inter, 1.0),
                                      (self.text_vectors(t), params["text_weight"])], center)
 
 
+def reduce_dims(matrix: np.ndarray, dims: int) -> np.ndarray:
+    """The rows projected on their ``dims`` principal components (0: unchanged)."""
+    if dims <= 0 or dims >= min(matrix.shape):
+        return matrix
+    centred = matrix - matrix.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:dims].T
+
+
 def labels_of(data: Data, method: str, t: int, k: int, seed: int, params: dict
               ) -> dict[str, str]:
+    if method in SEGSTREAM and params.get("carry_days"):
+        return carried_labels(data, method, t, k, seed, params)
     users, matrix = data.rows(method, t, params)
     if method in SEGSTREAM:
         seg = segment_vectors(users, matrix, [""] * len(users), SegConfig(k=k, seed=seed), t)
@@ -228,9 +272,28 @@ def labels_of(data: Data, method: str, t: int, k: int, seed: int, params: dict
     return {u: str(x) for u, x in zip(users, kmeans_labels(matrix, k, seed), strict=True)}
 
 
+def carried_labels(data: Data, method: str, t: int, k: int, seed: int, params: dict
+                   ) -> dict[str, str]:
+    """The segmentation at ``t`` as the online segmenter would hold it: fitted
+    ``carry_days`` before, then one ``observe`` step with every user's vector at ``t``
+    (partial fit, hysteresis against their segment) and a maintenance refit (kept only
+    when it lowers the inertia by ``refit_min_gain``)."""
+    start = t - int(params["carry_days"] * DAY_MS)
+    fresh = params | {"carry_days": 0}
+    users, matrix = data.rows(method, start, fresh)
+    fitted = segment_vectors(users, matrix, [""] * len(users), SegConfig(k=k, seed=seed),
+                             start)
+    before = fitted.labels()
+    users, matrix = data.rows(method, t, fresh)
+    batch = [Observation(u, matrix[i], "", before.get(u)) for i, u in enumerate(users)]
+    now = {a.key: a.segment_id for a in fitted.segmenter.observe(batch, t)}
+    batch = [Observation(o.key, o.vector, "", now.get(o.key)) for o in batch]
+    return now | {a.key: a.segment_id for a in fitted.segmenter.maintain(batch, t)}
+
+
 def _score_split(data: Data, split_ms: int, config: EvalConfig, methods: Sequence[str],
                  params: dict, seeds: Sequence[int], ks: Sequence[int],
-                 accs: dict, with_stability: bool, tick: Progress) -> int:
+                 accs: dict, stability_days: Sequence[float], tick: Progress) -> int:
     horizon = int(config.horizon_days * DAY_MS)
     split = temporal_split(data.events, split_ms, horizon)
     truth_sets = truth(split, config.min_rating)
@@ -253,12 +316,11 @@ def _score_split(data: Data, split_ms: int, config: EvalConfig, methods: Sequenc
             now = labels_of(data, method, split_ms, k, seed, params)
             recs = recommender(now, users, config.top_n)
             acc.add(recs, truth_sets, catalogue, config.top_n)
-            if not with_stability:
-                continue
-            for d in config.stability_days:
+            for d in stability_days:
                 before_t = split_ms - int(d * DAY_MS)
                 if len(data.users(before_t)) >= k * config.min_users_per_k:
-                    before = labels_of(data, method, before_t, k, seed, params)
+                    before = labels_of(data, method, before_t, k, seed,
+                                       params | {"carry_days": 0})
                     acc.stability.setdefault(f"stability_{d:g}d", []).append(
                         stability(before, now))
     return len(users)
@@ -270,9 +332,10 @@ def _fmt(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
-def tuning_grid() -> list[dict]:
-    return [{"half_life_days": h, "center_items": c, "text_weight": w}
-            for h, c, w in itertools.product(HALF_LIVES, CENTRES, TEXT_WEIGHTS)]
+def tuning_grid() -> list[tuple[str, dict]]:
+    """The first stage of the search: the interest view's half-life and centring."""
+    return [(INTEREST, {"half_life_days": h, "center_items": c})
+            for h, c in itertools.product(HALF_LIVES, CENTRES)]
 
 
 def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
@@ -286,8 +349,9 @@ def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
 
 def total_steps(config: EvalConfig) -> int:
     tuning, report = plan(config)
-    grid = len({(h, c) for h, c, _ in itertools.product(HALF_LIVES, CENTRES, [0])})
-    tune = len(tuning) * (grid * 1 + len(TEXT_WEIGHTS)) if tuning and config.search else 0
+    grid = (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS) + len(PROBE_DIMS)
+            + 2 + len(REFERENCES))
+    tune = len(tuning) * grid if tuning and config.search else 0
     return tune + len(report) * len(config.seeds) * len(METHODS)
 
 
@@ -301,11 +365,13 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
         tuning_splits = []
     times = set(tuning_splits) | set(report)
     times |= {t - int(d * DAY_MS) for t in report for d in config.stability_days}
+    times |= {t - int(d * DAY_MS) for t in tuning_splits for d in config.stability_days[:1]}
     data = Data(events, sorted(times), ingest, interest, embed, progress)
     params: dict = {"half_life_days": interest.half_life_days,
                     "center_items": interest.center_items,
                     "text_weight": interest.view_weights.get("text", 0.5)
-                    / max(interest.view_weights.get("interest", 1.0), 1e-9)}
+                    / max(interest.view_weights.get("interest", 1.0), 1e-9),
+                    "cooc_weight": DEFAULT_COOC_WEIGHT}
     tuning_log: list[dict] = []
     if tuning_splits and config.search:
         params, tuning_log = tune(data, tuning_splits, config, tick)
@@ -313,7 +379,7 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
     used, pairs = [], 0
     for split_ms in report:
         n = _score_split(data, split_ms, config, METHODS, params, config.seeds, config.ks,
-                         accs, True, tick)
+                         accs, config.stability_days, tick)
         if n:
             used.append(split_ms)
             pairs += n
@@ -329,22 +395,33 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
 
 def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress
          ) -> tuple[dict, list[dict]]:
-    """Choose half-life and centring (interest view), then the text weight (combination),
-    by mean NDCG@10 over ``config.ks`` on the tuning splits, seed 0."""
+    """Choose half-life and centring (interest view), then the text weight of the
+    combination (0 = interest alone) and the co-occurrence weight of the smoothed view,
+    each by mean NDCG@10 over ``config.ks`` on the tuning splits, seed 0. Every candidate
+    is logged with its HR, NDCG and stability (``stability_days[0]``) per k; the PCA
+    probes of the interest view are logged, never chosen."""
     log: list[dict] = []
+    days = config.stability_days[:1]
 
     def ndcg(method: str, params: dict) -> float:
         accs = {k: {method: {0: _Acc()}} for k in config.ks}
         for split_ms in splits:
             _score_split(data, split_ms, config, [method], params, [0], config.ks, accs,
-                         False, tick)
-        values = [accs[k][method][0].result(config)["ndcg"] for k in config.ks]
-        value = float(np.mean(values))
-        log.append({"method": method, **params, "ndcg": value})
+                         days, tick)
+        per_k = {k: accs[k][method][0].result(config) for k in config.ks}
+        value = float(np.mean([r["ndcg"] for r in per_k.values()]))
+        log.append({"method": method, **params, "ndcg": value,
+                    "per_k": {str(k): {m: r[m] for m in ("hr", "ndcg", *(
+                        f"stability_{d:g}d" for d in days))} for k, r in per_k.items()}})
         return value
 
-    best = max(({"half_life_days": h, "center_items": c, "text_weight": 0.0}
-                for h, c in itertools.product(HALF_LIVES, CENTRES)),
-               key=lambda p: ndcg(INTEREST, p))
+    best = max((p for _, p in tuning_grid()), key=lambda p: ndcg(INTEREST, p))
     weight = max(TEXT_WEIGHTS, key=lambda w: ndcg(COMBO, best | {"text_weight": w}))
-    return best | {"text_weight": weight}, log
+    cooc = max(COOC_WEIGHTS, key=lambda w: ndcg(SMOOTHED, best | {"cooc_weight": w}))
+    for dims in PROBE_DIMS:
+        ndcg(INTEREST, best | {"dims": dims})
+    for method, params in ((INTEREST, best), (SMOOTHED, best | {"cooc_weight": cooc})):
+        ndcg(method, params | {"carry_days": days[0]})
+    for method in REFERENCES:
+        ndcg(method, {})
+    return best | {"text_weight": weight, "cooc_weight": cooc}, log
