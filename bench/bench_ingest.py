@@ -6,13 +6,24 @@
    JSON-parses (the peer), then one ``IngestService`` on that backend doing the full
    processing (validation, Lua apply, texts, dirty queue, commits), each reading all of
    it in its own consumer group. Rates count from the first polled batch to the last
-   record, so group joins are excluded from both.
+   record, so group joins are excluded from both. Ingest runs in each of ``--modes``:
+   ``interest`` (as shipped) and ``no-interest`` (``interest.max_items = 0``: no interest
+   state in the Lua call, no item registration), so the interest path's cost is measured
+   in the same run. ``--repeats`` rounds alternate the order (bare, modes..., then the
+   reverse) and the medians are reported with the 1-minute load average of each run.
+   Beside the rates, each run's CPU time per record: this process's (``process_time``,
+   all its threads) plus, for ingest, the Redis server's (``INFO cpu``; exact only when
+   nobody else uses that Redis: point ``SEGSTREAM_REDIS__PORT`` at a private one). On a
+   machine shared with other work, CPU per record is the steadier figure; the rates say
+   what this machine did at that moment.
 2. Memory: users with a full synthetic history are applied straight to Redis (the same
    Lua script, no Kafka) with their texts; bytes per user are ``MEMORY USAGE`` of each
    user's keys (features, dedup, titles, text; embeddings are not ingest's) and the
    ``used_memory`` growth divided by users (which adds Redis' per-key overhead).
 
     .venv/bin/python bench/bench_ingest.py --mem-users ''     # throughput only
+    .venv/bin/python bench/bench_ingest.py --mem-users '' --clients kafka-python \
+        --repeats 3                                             # interest cost, 3 rounds
 
 Everything it writes (topics aside) is deleted at the end; topics are prefixed
 ``bench-ingest-``.
@@ -24,6 +35,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -97,7 +109,7 @@ def bare_rate(settings: Settings, backend: str, group: str, total: int) -> float
             for m in msgs:
                 if m.error() is None:
                     with contextlib.suppress(ValueError, TypeError):
-                        json.loads(m.value())
+                        json.loads(m.value() or b"")
                     seen += 1
             if seen:
                 last = time.monotonic()
@@ -123,6 +135,95 @@ def bare_rate(settings: Settings, backend: str, group: str, total: int) -> float
                 last = time.monotonic()
         k.close(autocommit=False)
     return seen / (last - first)
+
+
+MODES = ("interest", "no-interest")
+
+
+def in_mode(settings: Settings, mode: str) -> Settings:
+    """``settings`` for one ingest mode (``MODES``)."""
+    if mode not in MODES:
+        raise SystemExit(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    if mode == "interest":
+        return settings
+    return settings.model_copy(update={"interest": settings.interest.model_copy(
+        update={"max_items": 0})})
+
+
+def ingest_rate(settings: Settings, backend: str, mode: str, run: str, total: int
+                ) -> tuple[float, Any]:
+    """One ``IngestService`` in ``mode`` reading everything in a group and Redis namespace
+    of its own (deleted afterwards): (records/s, its ``RunStats``)."""
+    own = on_backend(in_mode(settings, mode), backend,
+                     f"{settings.ingest.group_id}-{backend}-{mode}-{run}")
+    own = own.model_copy(update={"redis": own.redis.model_copy(
+        update={"key_prefix": f"{settings.redis.key_prefix}-{backend}-{mode}-{run}"})})
+    stats = IngestService(own).run(max_records=total)
+    cleanup(redis_client(own.redis), own)
+    return stats.rate, stats
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def redis_cpu(settings: Settings) -> float:
+    """CPU seconds the Redis server has used (user + system)."""
+    info = redis_client(settings.redis).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure(settings: Settings, backend: str, modes: list[str], repeats: int, total: int
+            ) -> None:
+    """Bare consumer and ingest in each mode, ``repeats`` interleaved rounds; prints each
+    run and the medians."""
+    rates: dict[str, list[float]] = defaultdict(list)
+    cpus: dict[str, list[float]] = defaultdict(list)  # CPU µs per record
+    loads: list[float] = []
+    outcomes: Any = None
+    for r in range(repeats):
+        order = ["bare", *modes]
+        for name in order if r % 2 == 0 else order[::-1]:
+            before, cpu0, rcpu0 = load(), time.process_time(), redis_cpu(settings)
+            if name == "bare":
+                rate = bare_rate(settings, backend,
+                                 f"{settings.ingest.group_id}-bare-{backend}-{r}", total)
+                rcpu0 = redis_cpu(settings)  # the bare reader uses no Redis
+            else:
+                rate, stats = ingest_rate(settings, backend, name, str(r), total)
+                outcomes = outcomes or stats.outcomes
+            py = time.process_time() - cpu0
+            rd = redis_cpu(settings) - rcpu0
+            loads.append((before + load()) / 2)
+            rates[name].append(rate)
+            cpus[name].append((py + rd) / total * 1e6)
+            print(f"  {backend} round {r + 1}: {name:12s} {rate:9,.0f} records/s, CPU "
+                  f"{py / total * 1e6:5.1f} µs/record here + {rd / total * 1e6:4.1f} in Redis "
+                  f"(load {loads[-1]:.1f})", flush=True)
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
+    bare = med["bare"]
+    parts = [f"bare consumer (read + json.loads) {bare:9,.0f} records/s "
+             f"({cpu['bare']:.1f} CPU µs/record)"]
+    parts += [f"ingest [{m}] {med[m]:9,.0f} records/s ({med[m] / bare:.2f} of bare; "
+              f"{cpu[m]:.1f} CPU µs/record, CPU ratio {cpu['bare'] / cpu[m]:.2f})"
+              for m in modes]
+    print(f"{backend:12s}: " + " | ".join(parts) + f" -- medians of {repeats}, "
+          f"load {min(loads):.1f}-{max(loads):.1f}; target ingest / bare >= 0.5", flush=True)
+    if "interest" in med and "no-interest" in med:
+        cost = med["no-interest"] / med["interest"] - 1
+        per_round = [b / a - 1 for a, b in zip(rates["interest"], rates["no-interest"],
+                                                strict=True)]
+        cpu_rounds = [a / b - 1 for a, b in zip(cpus["interest"], cpus["no-interest"],
+                                                 strict=True)]
+        print(f"{backend:12s}: interest path costs {cost:+.1%} of ingest time by rate "
+              f"(no-interest / interest rate - 1; per round "
+              f"{', '.join(f'{c:+.1%}' for c in per_round)}), "
+              f"{cpu['interest'] / cpu['no-interest'] - 1:+.1%} by CPU per record "
+              f"(per round {', '.join(f'{c:+.1%}' for c in cpu_rounds)}); "
+              f"target <= +10%", flush=True)
+    if outcomes is not None:
+        print("  outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
 
 
 def traffic(users: int, days: int, events: int) -> list[tuple[bytes, bytes | None]]:
@@ -207,6 +308,11 @@ def main() -> int:
                         help="comma-separated user counts for the memory figures ('' = skip)")
     parser.add_argument("--mem-days", type=int, default=30)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma list of ingest modes: interest (as shipped), no-interest "
+                             "(interest.max_items 0)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved rounds per backend (medians are reported)")
     args = parser.parse_args()
     base = load_settings()
 
@@ -218,23 +324,10 @@ def main() -> int:
         total = produce(settings, records, args.partitions)
         print(f"produced {total} records ({args.users} users, {args.days} days, "
               f"{args.partitions} partitions) in {time.monotonic() - t0:.1f}s", flush=True)
-        client = redis_client(settings.redis)
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         for backend in args.clients.split(","):
             # each reader in its own group and Redis namespace, one after the other
-            bare = bare_rate(settings, backend, f"{settings.ingest.group_id}-bare-{backend}",
-                             total)
-            own = on_backend(settings, backend, f"{settings.ingest.group_id}-{backend}")
-            own = own.model_copy(update={"redis": own.redis.model_copy(
-                update={"key_prefix": f"{settings.redis.key_prefix}-{backend}"})})
-            service = IngestService(own)
-            stats = service.run(max_records=total)
-            print(f"{backend:12s}: bare consumer (read + json.loads) {bare:9,.0f} records/s | "
-                  f"ingest (full processing) {stats.rate:9,.0f} records/s "
-                  f"({stats.batches} batches) | ingest / bare {stats.rate / bare:.2f} "
-                  f"(target >= 0.5)", flush=True)
-            print("  outcomes: " + ", ".join(f"{k}={v}"
-                                             for k, v in sorted(stats.outcomes.items())))
-            cleanup(client, own)
+            measure(settings, backend, modes, args.repeats, total)
         admin = kafka_clients(settings.kafka).admin()
         admin.delete_topics([settings.topics.events, settings.topics.dlq])
         admin.close()
