@@ -2,18 +2,23 @@
 mode): every key a script or multi-key command touches together hashes to one slot, the
 ingest exactness test and the 2 + 2 scale-out test pass unchanged on the cluster, and two
 segmenter consumers store and publish segments on it, finishing the outbox of a writer
-that died between storing a batch and writing its users (a cluster client refuses
+that died between storing a batch and writing its users, also when ``segstream run
+segmenter`` processes exit at the crash points around the outbox (a cluster client refuses
 cross-slot scripts, pipelines and transactions, and each node refuses a script that
 reaches a key outside its slots)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -152,19 +157,94 @@ def test_two_segmenters_on_redis_cluster_store_and_publish_the_same_segments(
                 client.hget(keys.seg_state(), store.OUTBOX) is None
 
         wait_until(settled, 120, what="both consumers to drain the stream")
-        segments.wait_for(90, "a record for every user")
     finally:
         for svc, thread in running:
             svc.stop()
             thread.join(15)
     assert all(svc.metrics.entries.labels("processed")._value.get() > 0
                for svc, _ in running)
-    last = {r["user_id"]: r["segment_id"] for r in segments.poll()}
-    stored = {u: (client.hget(keys.seg(u), "segment_id") or b"").decode() for u in mode_of}
-    assert set(last) == set(mode_of) and stored == last  # subscribers hold what is stored
+    assert_consistent(client, keys, segments, set(mode_of))
+    client.close()
+
+
+def assert_consistent(client: redis.Redis, keys: Keys, segments: Topic, users: set[str]
+                      ) -> None:
+    """Every user has a stored segment, the last record per user on the segments topic
+    is that segment, the member sets equal the hashes, and the model counts each once."""
+    stored = {u: (client.hget(keys.seg(u), "segment_id") or b"").decode() for u in users}
+    assert all(stored.values())
+
+    def last() -> dict[str, str]:
+        return {r["user_id"]: r["segment_id"] for r in segments.poll()}
+
+    wait_until(lambda: last() == stored, 60, what="the topic to catch up with the hashes")
+    assert last() == stored  # subscribers hold what is stored
     assert audience.member_sets(client, keys) == audience.recount(client, keys)
-    assert sum(map(len, audience.recount(client, keys).values())) == len(mode_of)
+    assert sum(map(len, audience.recount(client, keys).values())) == len(users)
     model, _, _ = store.read_state(client, keys)
     assert model is not None and model.trained
-    assert sum(model.segments[s].size for s in model.slot_ids) == len(mode_of)  # none twice
+    assert sum(model.segments[s].size for s in model.slot_ids) == len(users)  # none twice
+
+
+def test_segmenter_processes_killed_around_the_outbox_on_redis_cluster_lose_nothing(
+        cluster_infra: Settings, unique: str, kafka: KafkaClients, tmp_path: Path) -> None:
+    """``segstream run segmenter`` processes on the cluster exit at once
+    (``SEGSTREAM_CRASH_AT``) after storing a batch (3), after writing its users (4) and
+    after publishing it (5), while a second consumer keeps running."""
+    settings = segmenter_settings(cluster_infra, unique, kafka, batch_size=4,
+                                  claim_idle_ms=1_000)
+    client = redis_client(settings.redis)
+    keys = Keys(unique)
+    rng = np.random.default_rng(23)
+    users = {f"a{i}" for i in range(30)}
+    for i in range(30):
+        feed(client, keys, f"a{i}", i % 3, rng)
+    segments = Topic(kafka, settings.topics.segments)
+    env = {**os.environ, "SEGSTREAM_REDIS__HOST": settings.redis.host,
+           "SEGSTREAM_REDIS__PORT": str(settings.redis.port),
+           "SEGSTREAM_REDIS__CLUSTER": "true", "SEGSTREAM_REDIS__KEY_PREFIX": unique,
+           "SEGSTREAM_KAFKA__CLIENT": settings.kafka.client,
+           **{f"SEGSTREAM_TOPICS__{n.upper()}": getattr(settings.topics, n)
+              for n in ("segments", "catalog", "assignments")},
+           "SEGSTREAM_SEGMENTER__K": "3", "SEGSTREAM_SEGMENTER__METRICS_PORT": "0",
+           "SEGSTREAM_SEGMENTER__BATCH_SIZE": "4", "SEGSTREAM_SEGMENTER__BLOCK_MS": "50",
+           "SEGSTREAM_SEGMENTER__CLAIM_IDLE_MS": "1000",
+           "SEGSTREAM_SEGMENTER__REFIT_EVERY": "0"}
+    steady = SegmenterService(settings, kafka=kafka, consumer="steady")
+    thread = threading.Thread(target=steady.run, daemon=True)
+    thread.start()
+    n = 0
+    try:
+        for step in (4, 5, 3):  # 4 first: the model is trained, batches make records
+            log = tmp_path / f"crash-{step}.log"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "segstream_services.cli", "run", "segmenter"],
+                env={**env, "SEGSTREAM_CRASH_AT": f"segmenter:{step}"},
+                stdout=subprocess.DEVNULL, stderr=log.open("w"))
+            try:
+                def died(proc: subprocess.Popen[bytes] = proc) -> bool:
+                    nonlocal n
+                    n += 1
+                    users.add(f"n{n}")
+                    feed(client, keys, f"n{n}", n % 3, rng)
+                    feed(client, keys, f"a{n % 30}", (n + 1) % 3, rng)  # moves
+                    return proc.poll() is not None
+
+                wait_until(died, 120, interval_s=0.2, what=f"the crash at step {step}")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert proc.returncode == 137, log.read_text()[-2000:]
+
+        def settled() -> bool:
+            group = client.xinfo_groups(keys.embedded())[0]
+            return group["pending"] == 0 and group.get("lag", 0) == 0 and \
+                client.hget(keys.seg_state(), store.OUTBOX) is None
+
+        wait_until(settled, 120, what="the steady consumer to take over every entry")
+    finally:
+        steady.stop()
+        thread.join(15)
+    assert_consistent(client, keys, segments, users)
     client.close()
