@@ -46,6 +46,8 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients, tiny_base: Path,
     s.encoder = s.encoder.model_copy(update={"model_path": tiny_base, "dtype": "float32",
                                              "device": "cpu", "claim_batch": 1,
                                              "max_wait_ms": 0})
+    # written for both views (users here have feature texts): the text view on
+    s.interest = s.interest.model_copy(update={"view_weights": {"interest": 1.0, "text": 0.5}})
     admin = kafka.admin()
     ensure_topics(admin, topic_specs(s.topics))
     admin.close()
@@ -53,7 +55,8 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients, tiny_base: Path,
                         ("TOPICS__CATALOG", s.topics.catalog),
                         ("TOPICS__ASSIGNMENTS", s.topics.assignments),
                         ("ENCODER__MODEL_PATH", str(tiny_base)),
-                        ("ENCODER__DTYPE", "float32"), ("ENCODER__DEVICE", "cpu")):
+                        ("ENCODER__DTYPE", "float32"), ("ENCODER__DEVICE", "cpu"),
+                        ("INTEREST__VIEW_WEIGHTS", '{"interest": 1.0, "text": 0.5}')):
         monkeypatch.setenv(f"SEGSTREAM_{name}", value)
     return s
 

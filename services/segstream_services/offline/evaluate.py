@@ -63,7 +63,7 @@ TEXT_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 # ``SMOOTHED``: the weight of the co-occurrence direction in the item vectors
 # (``interest.cooccurrence_smoothed``); an offline ablation, not yet a setting.
 COOC_WEIGHTS = (0.5, 1.0, 2.0)
-DEFAULT_COOC_WEIGHT = 1.0
+DEFAULT_COOC_WEIGHT = 0.5
 # Probes logged on the tuning splits (never chosen): the interest view reduced by PCA to
 # this many dimensions before clustering, and segmentations carried forward online from
 # the first stability offset (``carried_labels``) instead of refitted; the baselines.
