@@ -156,6 +156,7 @@ class FeatureStore:
         self._user_keys: dict[str, list[str]] = {}
         self._new_items: dict[str, tuple[str, str]] = {}
         self._seen_items: OrderedDict[str, None] = OrderedDict()
+        self._epoch: bytes | None = None  # the state epoch id Redis had at the last write
 
     def user_keys(self, user_id: str) -> list[str]:
         """The script's KEYS: its five keys, then the user's other keys (``Keys.user_keys``),
@@ -263,25 +264,41 @@ class FeatureStore:
 
     def note_item(self, item_id: str, title: str | None, category: str | None) -> None:
         """Remember an item seen with a text; the next ``store_texts`` registers it (once per
-        process, ``SEEN_ITEMS`` most recent items) before it marks any user dirty."""
+        process, ``SEEN_ITEMS`` most recent items, again after Redis lost its data) before
+        it marks any user dirty."""
         if not self._interest:  # interest.max_items 0: items are never embedded
             return
         if item_id in self._seen_items or item_id in self._new_items:
             return
         self._new_items[item_id] = (title or "", category or "")
 
-    def _register_items(self, pipe: Any, now_ms: int) -> None:
+    def _register_items(self, pipe: Any, now_ms: int) -> list[str]:
+        """Queue the noted items' registration on ``pipe``; they count as registered only
+        once the pipeline succeeded (``_execute``), so a failed write sends them again."""
         if not self._new_items:
-            return
+            return []
         for item_id, (title, category) in self._new_items.items():
             key = self.keys.item(item_id)
             if title:
                 pipe.hsetnx(key, "title", title)
             if category:
                 pipe.hsetnx(key, "category", category)
-            self._seen_items[item_id] = None
         pipe.zadd(self.keys.items_dirty(), dict.fromkeys(self._new_items, now_ms), nx=True)
-        self._new_items = {}
+        return list(self._new_items)
+
+    def _execute(self, pipe: Any, items: list[str]) -> None:
+        """Run a ``store_texts`` pipeline with the state epoch read at its end: the items
+        registered become remembered; when the epoch changed or vanished since the last
+        write (Redis lost its data, ``segstream.state_epoch``), the remembered items are
+        forgotten, so the next batches register them again."""
+        pipe.hget(self.keys.state_epoch(), "id")
+        epoch = pipe.execute()[-1]
+        if self._epoch is not None and epoch != self._epoch:
+            self._seen_items.clear()
+        self._epoch = epoch
+        for item_id in items:
+            self._new_items.pop(item_id, None)
+            self._seen_items[item_id] = None
         while len(self._seen_items) > SEEN_ITEMS:
             self._seen_items.popitem(last=False)
 
@@ -302,19 +319,19 @@ class FeatureStore:
         if not marked and not rfm and not self._new_items:
             return 0
         pipe = self.client.pipeline(transaction=False)
-        self._register_items(pipe, now_ms)
+        items = self._register_items(pipe, now_ms)
         for uid, values in (rfm or {}).items():
             pipe.hset(self.keys.rfm(uid), mapping=values.to_fields())
             if ttl:
                 pipe.expire(self.keys.rfm(uid), ttl)
         if not marked:
-            pipe.execute()
+            self._execute(pipe, items)
             return 0
         for uid, text in marked:
             if text:  # '' = the text did not change: only the mark
                 pipe.set(self.keys.text(uid), text.encode(), ex=ttl or None)
         pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
-        pipe.execute()
+        self._execute(pipe, items)
         return len(marked)
 
     def read_rfm(self, user_id: str) -> Rfm | None:

@@ -225,6 +225,9 @@ class _Admin(Admin):
         self.a.close()
 
 
+RECONNECT_BACKOFF_MAX_MS = 1000
+
+
 def connection_options(s: KafkaSettings) -> dict[str, Any]:
     """Connection and security options every kafka-python client takes."""
     opts: dict[str, Any] = {
@@ -232,6 +235,9 @@ def connection_options(s: KafkaSettings) -> dict[str, Any]:
         "client_id": s.client_id,
         "security_protocol": s.security_protocol,
         "request_timeout_ms": s.request_timeout_ms,
+        # kafka-python backs off up to 30 s between reconnects by default: after a broker
+        # restart a client would sit that long on a broker that is back
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
     if s.sasl_mechanism:
         opts["sasl_mechanism"] = s.sasl_mechanism
