@@ -2,6 +2,9 @@
 
 Under the segmenter's model lock (so no segmenter batch writes the user back meanwhile):
 
+0. finish the outbox a crashed segmenter batch may have left (``SegmentStateWriter.recover``:
+   its users' writes and its records), so that replaying it later can neither write the
+   user's segment back nor publish the user's change after the tombstone;
 1. delete every per-user key (``Keys.user_keys``: features, dedup, titles, text, RFM,
    interest state, embeddings, segment, segment text);
 2. remove the user from its segment's member set (``audience.stage_forget``), from the
@@ -34,7 +37,7 @@ from segstream.kafka_client import kafka_clients
 from segstream.keys import Keys
 from segstream.redis_io import redis_client
 from segstream.redis_scripts import is_cluster
-from segstream_services.segmenter import audience, store
+from segstream_services.segmenter import audience, publish, store
 
 
 @dataclass
@@ -76,12 +79,18 @@ def forget_user(settings: Settings, user_id: str, client: redis.Redis | None = N
     """Erase ``user_id`` (see the module docstring) and publish its tombstone."""
     uid = normalise_user_id(user_id)
     keys = Keys(settings.redis.key_prefix)
-    own_client = client is None
+    own_client, own_producer = client is None, producer is None
     client = client or redis_client(settings.redis)
+    producer = producer or kafka_clients(settings.kafka).producer()
+    topic = settings.topics.assignments or None
     try:
         ttl = settings.segmenter.lock_ttl_s
-        writer = store.SegmentStateWriter(client, keys, lambda *_: None, "", "")
+        writer = store.SegmentStateWriter(
+            client, keys, lambda t, records: publish.send_and_wait(producer, t, records, 30.0),
+            settings.topics.segments, settings.topics.catalog, topic,
+            settings.redis.user_ttl_s)
         with writer.lock(ttl):
+            writer.recover()
             old = audience.stored_segments(client, keys, [uid])[uid]
             model = _drop_from_model(client, keys, uid)
             pipe = client.pipeline(transaction=not is_cluster(client))
@@ -96,18 +105,13 @@ def forget_user(settings: Settings, user_id: str, client: redis.Redis | None = N
                 pipe.hset(keys.seg_state(), "model", model)
                 pipe.hincrby(keys.seg_state(), "rev", 1)
             deleted = sum(int(n) for n in pipe.execute()[:len(keys.user_keys(uid))])
+        if topic:
+            audience.tombstone(producer, topic, uid)
     finally:
         if own_client:
             client.close()
-    topic = settings.topics.assignments or None
-    if topic:
-        own_producer = producer is None
-        producer = producer or kafka_clients(settings.kafka).producer()
-        try:
-            audience.tombstone(producer, topic, uid)
-        finally:
-            if own_producer:
-                producer.close(timeout=10)
+        if own_producer:
+            producer.close(timeout=10)
     return Forgotten(uid, deleted, old, model is not None, topic)
 
 

@@ -18,6 +18,7 @@ from segstream.keys import Keys
 from segstream.segmentation import Observation, OnlineSegmenter
 from segstream.segmentation.types import SegConfig
 from segstream_services.cli import main as cli_main
+from segstream_services.forget import forget_user
 from segstream_services.segmenter import store
 from tests.helpers import wait_until
 
@@ -122,3 +123,38 @@ def test_forget_refuses_an_id_ingest_never_stores(settings: Settings, bad: str,
     assert cli_main(["forget", bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith("segstream: user id") and err.count("\n") == 1
+
+
+def test_forget_finishes_a_crashed_batch_first_so_the_user_stays_forgotten(
+        settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients) -> None:
+    """A segmenter batch stored its state and outbox (a change for the user), then died
+    before publishing: forget publishes that batch before the tombstone, so neither its
+    replay nor the compacted topic brings the user back."""
+    settings.topics.segments = f"{settings.redis.key_prefix}.segments"
+    settings.topics.catalog = f"{settings.redis.key_prefix}.catalog"
+    admin = kafka.admin()
+    ensure_topics(admin, [t for t in topic_specs(settings.topics)
+                          if t.name in (settings.topics.segments, settings.topics.catalog)])
+    admin.close()
+    keys = Keys(settings.redis.key_prefix)
+
+    def dies(topic: str, records: list[tuple[str, dict[str, object]]]) -> None:
+        raise RuntimeError("killed before publishing")
+
+    crashed = store.SegmentStateWriter(redis_conn, keys, dies, settings.topics.segments,
+                                       settings.topics.catalog, settings.topics.assignments)
+    model = OnlineSegmenter(SegConfig(k=2, cold_start_factor=10))
+    change = {"user_id": USER, "segment_id": "s1"}
+    with pytest.raises(RuntimeError, match="killed"):
+        crashed.commit(model, 1, changes=[(USER, change)],
+                       users={USER: {"segment_id": "s1", "confidence": 1.0}}, texts={},
+                       applied=[])
+    assert redis_conn.hget(keys.seg_state(), store.OUTBOX) is not None
+
+    done = forget_user(settings, USER, client=redis_conn)
+    assert done.segment_id == "s1"  # the stored batch had put the user in s1
+    assert redis_conn.hget(keys.seg_state(), store.OUTBOX) is None  # nothing left to replay
+    assert not redis_conn.exists(keys.seg(USER))
+    assert redis_conn.zscore(keys.seg_members("s1"), USER) is None
+    assert json.loads(_last_values(settings, settings.topics.segments)[USER] or b"{}") == change
+    assert _last_values(settings, settings.topics.assignments)[USER] is None  # tombstone last
