@@ -78,7 +78,7 @@ def top_category(category: str | None) -> str | None:
     return top or None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per ingested event, ~4x cheaper so
 class Increment:
     """What one event adds to its user's state."""
 
