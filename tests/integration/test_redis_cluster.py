@@ -248,3 +248,20 @@ def test_segmenter_processes_killed_around_the_outbox_on_redis_cluster_lose_noth
         thread.join(15)
     assert_consistent(client, keys, segments, users)
     client.close()
+
+
+def test_model_rollout_refuses_a_cluster_with_a_clear_error(cluster_infra: Settings,
+                                                            unique: str) -> None:
+    """Rollout's vector swap is one transaction across users' slots: on a cluster it stops
+    before writing anything, with a ConfigError that says so (not a CROSSSLOT error)."""
+    from segstream.errors import ConfigError
+    from segstream_services.rollout.service import Rollout
+
+    client = redis_client(cluster_infra.redis)
+    try:
+        with pytest.raises(ConfigError, match="does not run on a Redis Cluster"):
+            Rollout(client, unique, lambda *_: None, f"{unique}.segments",
+                    f"{unique}.catalog")
+        assert not list(client.scan_iter(match=f"{unique}*"))
+    finally:
+        client.close()

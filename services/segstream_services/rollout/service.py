@@ -35,10 +35,11 @@ import redis
 
 from segstream.config import Settings
 from segstream.encoding import Encoder, vec_from_bytes
-from segstream.errors import StateError
+from segstream.errors import ConfigError, StateError
 from segstream.keys import Keys
 from segstream.records import change_record
 from segstream.redis_io import decode_fields, hash_fields
+from segstream.redis_scripts import is_cluster
 from segstream.segmentation import Assignment, Observation, OnlineSegmenter
 from segstream.segmentation.labels import text_changes
 from segstream_services.rollout.migrate import RolloutReport, migrate, restore
@@ -56,6 +57,9 @@ class Rollout:
                  segments_topic: str, catalog_topic: str, batch: int = 256,
                  assignments_topic: str | None = None, user_ttl_s: int = 0,
                  settings: Settings | None = None) -> None:
+        if is_cluster(client):  # the vector swap spans users' slots in one MULTI/EXEC
+            raise ConfigError("model rollout does not run on a Redis Cluster yet: its "
+                              "vector swap is one transaction across users' hash slots")
         self.client = client
         self.settings = settings or Settings()  # the view weights and item settings
         self.keys = Keys(prefix)
