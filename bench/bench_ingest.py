@@ -9,8 +9,11 @@
    record, so group joins are excluded from both. Ingest runs in each of ``--modes``:
    ``interest`` (as shipped) and ``no-interest`` (``interest.max_items = 0``: no interest
    state in the Lua call, no item registration), so the interest path's cost is measured
-   in the same run. ``--repeats`` rounds alternate the order (bare, modes..., then the
-   reverse) and the medians are reported with the 1-minute load average of each run.
+   in the same run; with ``--baseline REF`` also ``baseline``: the ingest of an earlier
+   commit (``git archive REF``, run in a child process on the same topic, e.g. the commit
+   before the interest path landed). ``--repeats`` rounds alternate the order (bare,
+   modes..., then the reverse) and the medians are reported with the 1-minute load
+   average of each run.
    Beside the rates, each run's CPU time per record: this process's (``process_time``,
    all its threads) plus, for ingest, the Redis server's (``INFO cpu``; exact only when
    nobody else uses that Redis: point ``SEGSTREAM_REDIS__PORT`` at a private one). On a
@@ -23,7 +26,7 @@
 
     .venv/bin/python bench/bench_ingest.py --mem-users ''     # throughput only
     .venv/bin/python bench/bench_ingest.py --mem-users '' --clients kafka-python \
-        --repeats 3                                             # interest cost, 3 rounds
+        --repeats 3 --baseline 9dbe7be     # interest cost, and against the code before it
 
 Everything it writes (topics aside) is deleted at the end; topics are prefixed
 ``bench-ingest-``.
@@ -37,7 +40,9 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -163,6 +168,48 @@ def ingest_rate(settings: Settings, backend: str, mode: str, run: str, total: in
     return stats.rate, stats
 
 
+BASELINE_RUN = """
+import json, sys, time
+sys.path[:0] = [sys.argv[1] + "/shared", sys.argv[1] + "/services"]
+import segstream
+from segstream.config import load_settings
+from segstream_services.ingest.service import IngestService
+assert segstream.__file__.startswith(sys.argv[1]), segstream.__file__
+settings = load_settings()
+cpu = time.process_time()
+stats = IngestService(settings).run(max_records=int(sys.argv[2]))
+print(json.dumps({"rate": stats.rate, "cpu": time.process_time() - cpu}))
+"""
+
+
+def baseline_tree(ref: str) -> str:
+    """The library and services of commit ``ref``, extracted to a temporary folder."""
+    root = tempfile.mkdtemp(prefix="bench-ingest-baseline-")
+    archive = subprocess.run(["git", "archive", ref, "shared", "services"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    return root
+
+
+def baseline_rate(settings: Settings, backend: str, tree: str, run: str, total: int
+                  ) -> tuple[float, float]:
+    """The ingest of the commit in ``tree`` in a child process, in a group and Redis
+    namespace of its own (deleted afterwards): (records/s, its CPU seconds)."""
+    prefix = f"{settings.redis.key_prefix}-{backend}-baseline-{run}"
+    env = {**os.environ, "SEGSTREAM_TOPICS__EVENTS": settings.topics.events,
+           "SEGSTREAM_TOPICS__DLQ": settings.topics.dlq,
+           "SEGSTREAM_REDIS__KEY_PREFIX": prefix, "SEGSTREAM_KAFKA__CLIENT": backend,
+           "SEGSTREAM_INGEST__GROUP_ID": f"{settings.ingest.group_id}-baseline-{run}",
+           "SEGSTREAM_INGEST__METRICS_PORT": "0"}
+    out = subprocess.run([sys.executable, "-c", BASELINE_RUN, tree, str(total)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    own = settings.model_copy(update={"redis": settings.redis.model_copy(
+        update={"key_prefix": prefix})})
+    cleanup(redis_client(own.redis), own)
+    return float(found["rate"]), float(found["cpu"])
+
+
 def load() -> float:
     return os.getloadavg()[0]
 
@@ -173,8 +220,8 @@ def redis_cpu(settings: Settings) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def measure(settings: Settings, backend: str, modes: list[str], repeats: int, total: int
-            ) -> None:
+def measure(settings: Settings, backend: str, modes: list[str], repeats: int, total: int,
+            tree: str | None = None) -> None:
     """Bare consumer and ingest in each mode, ``repeats`` interleaved rounds; prints each
     run and the medians."""
     rates: dict[str, list[float]] = defaultdict(list)
@@ -189,6 +236,9 @@ def measure(settings: Settings, backend: str, modes: list[str], repeats: int, to
                 rate = bare_rate(settings, backend,
                                  f"{settings.ingest.group_id}-bare-{backend}-{r}", total)
                 rcpu0 = redis_cpu(settings)  # the bare reader uses no Redis
+            elif name == "baseline" and tree is not None:
+                rate, child = baseline_rate(settings, backend, tree, str(r), total)
+                cpu0 -= child  # the child's CPU, counted as this process's
             else:
                 rate, stats = ingest_rate(settings, backend, name, str(r), total)
                 outcomes = outcomes or stats.outcomes
@@ -222,6 +272,12 @@ def measure(settings: Settings, backend: str, modes: list[str], repeats: int, to
               f"{cpu['interest'] / cpu['no-interest'] - 1:+.1%} by CPU per record "
               f"(per round {', '.join(f'{c:+.1%}' for c in cpu_rounds)}); "
               f"target <= +10%", flush=True)
+    if "baseline" in med:
+        for m in [m for m in modes if m != "baseline"]:
+            print(f"{backend:12s}: [{m}] vs the baseline commit: rate "
+                  f"{med[m] / med['baseline'] - 1:+.1%}, CPU per record "
+                  f"{cpu[m] / cpu['baseline'] - 1:+.1%} (target >= -10%)",
+                  flush=True)
     if outcomes is not None:
         print("  outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
 
@@ -311,6 +367,8 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES),
                         help="comma list of ingest modes: interest (as shipped), no-interest "
                              "(interest.max_items 0)")
+    parser.add_argument("--baseline", default="",
+                        help="also run the ingest of this earlier commit (git ref)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="interleaved rounds per backend (medians are reported)")
     args = parser.parse_args()
@@ -325,9 +383,12 @@ def main() -> int:
         print(f"produced {total} records ({args.users} users, {args.days} days, "
               f"{args.partitions} partitions) in {time.monotonic() - t0:.1f}s", flush=True)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        tree = baseline_tree(args.baseline) if args.baseline else None
+        if tree is not None:
+            modes.append("baseline")
         for backend in args.clients.split(","):
             # each reader in its own group and Redis namespace, one after the other
-            measure(settings, backend, modes, args.repeats, total)
+            measure(settings, backend, modes, args.repeats, total, tree)
         admin = kafka_clients(settings.kafka).admin()
         admin.delete_topics([settings.topics.events, settings.topics.dlq])
         admin.close()
