@@ -168,6 +168,7 @@ def ingest_rate(settings: Settings, backend: str, mode: str, run: str, total: in
     return stats.rate, stats
 
 
+BASELINE_TIMEOUT_S = 300
 BASELINE_RUN = """
 import json, sys, time
 sys.path[:0] = [sys.argv[1] + "/shared", sys.argv[1] + "/services"]
@@ -192,21 +193,27 @@ def baseline_tree(ref: str) -> str:
 
 
 def baseline_rate(settings: Settings, backend: str, tree: str, run: str, total: int
-                  ) -> tuple[float, float]:
+                  ) -> tuple[float, float] | None:
     """The ingest of the commit in ``tree`` in a child process, in a group and Redis
-    namespace of its own (deleted afterwards): (records/s, its CPU seconds)."""
+    namespace of its own (deleted afterwards): (records/s, its CPU seconds); None when it
+    did not read everything within ``BASELINE_TIMEOUT_S``."""
     prefix = f"{settings.redis.key_prefix}-{backend}-baseline-{run}"
     env = {**os.environ, "SEGSTREAM_TOPICS__EVENTS": settings.topics.events,
            "SEGSTREAM_TOPICS__DLQ": settings.topics.dlq,
            "SEGSTREAM_REDIS__KEY_PREFIX": prefix, "SEGSTREAM_KAFKA__CLIENT": backend,
            "SEGSTREAM_INGEST__GROUP_ID": f"{settings.ingest.group_id}-baseline-{run}",
            "SEGSTREAM_INGEST__METRICS_PORT": "0"}
-    out = subprocess.run([sys.executable, "-c", BASELINE_RUN, tree, str(total)], env=env,
-                         check=True, capture_output=True, text=True).stdout
-    found = json.loads(out.strip().splitlines()[-1])
     own = settings.model_copy(update={"redis": settings.redis.model_copy(
         update={"key_prefix": prefix})})
-    cleanup(redis_client(own.redis), own)
+    try:
+        out = subprocess.run([sys.executable, "-c", BASELINE_RUN, tree, str(total)],
+                             env=env, check=True, capture_output=True, text=True,
+                             timeout=BASELINE_TIMEOUT_S).stdout
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        cleanup(redis_client(own.redis), own)
+    found = json.loads(out.strip().splitlines()[-1])
     return float(found["rate"]), float(found["cpu"])
 
 
@@ -237,7 +244,12 @@ def measure(settings: Settings, backend: str, modes: list[str], repeats: int, to
                                  f"{settings.ingest.group_id}-bare-{backend}-{r}", total)
                 rcpu0 = redis_cpu(settings)  # the bare reader uses no Redis
             elif name == "baseline" and tree is not None:
-                rate, child = baseline_rate(settings, backend, tree, str(r), total)
+                found = baseline_rate(settings, backend, tree, str(r), total)
+                if found is None:
+                    print(f"  {backend} round {r + 1}: baseline did not finish within "
+                          f"{BASELINE_TIMEOUT_S}s (left out)", flush=True)
+                    continue
+                rate, child = found
                 cpu0 -= child  # the child's CPU, counted as this process's
             else:
                 rate, stats = ingest_rate(settings, backend, name, str(r), total)
@@ -257,7 +269,7 @@ def measure(settings: Settings, backend: str, modes: list[str], repeats: int, to
              f"({cpu['bare']:.1f} CPU µs/record)"]
     parts += [f"ingest [{m}] {med[m]:9,.0f} records/s ({med[m] / bare:.2f} of bare; "
               f"{cpu[m]:.1f} CPU µs/record, CPU ratio {cpu['bare'] / cpu[m]:.2f})"
-              for m in modes]
+              for m in modes if m in med]
     print(f"{backend:12s}: " + " | ".join(parts) + f" -- medians of {repeats}, "
           f"load {min(loads):.1f}-{max(loads):.1f}; target ingest / bare >= 0.5", flush=True)
     if "interest" in med and "no-interest" in med:
@@ -273,7 +285,7 @@ def measure(settings: Settings, backend: str, modes: list[str], repeats: int, to
               f"(per round {', '.join(f'{c:+.1%}' for c in cpu_rounds)}); "
               f"target <= +10%", flush=True)
     if "baseline" in med:
-        for m in [m for m in modes if m != "baseline"]:
+        for m in [m for m in modes if m != "baseline" and m in med]:
             print(f"{backend:12s}: [{m}] vs the baseline commit: rate "
                   f"{med[m] / med['baseline'] - 1:+.1%}, CPU per record "
                   f"{cpu[m] / cpu['baseline'] - 1:+.1%} (target >= -10%)",
