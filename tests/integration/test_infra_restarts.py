@@ -486,3 +486,48 @@ def test_a_loss_declared_twice_is_one_epoch_and_an_acknowledgement_sticks(
     for epoch in epochs.values():
         epoch.check()
     client.close()
+
+
+def test_an_encoder_batch_cut_by_a_redis_kill_is_requeued_not_left_to_its_lease(
+        infra: Settings, unique: str, tmp_path: Path, cleanup: list[Any]) -> None:
+    """Redis (AOF) dies while the encoder holds a claim: the claims survive the restart,
+    and the users must be encoded again within the recovery bar, not after ``lease_s``."""
+    import torch
+
+    from segstream.encoding import Encoder
+    from segstream_services.encoder.service import EncoderWorker
+
+    redis_ = PrivateRedis(isolated(infra, unique), tmp_path, appendonly=True)
+    cleanup.append(redis_)
+    settings = redis_.settings
+    assert settings.encoder.lease_s >= 2 * RECOVER_S  # the lease alone would be too late
+    keys = Keys(settings.redis.key_prefix)
+    client = redis_client(settings.redis)
+    users = {f"u{i}": f"item-{i}" for i in range(settings.encoder.claim_batch)}
+    now = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for uid, item in users.items():  # one item each, its text not yet embedded
+        pipe.hset(keys.item(item), mapping={"title": f"{item} gadget number {uid}",
+                                            "category": "electronics"})
+        pipe.zadd(keys.interest(uid), {item: 1.0})
+        pipe.zadd(keys.dirty(), {uid: now})
+    pipe.execute()
+    torch.set_num_threads(1)
+    worker = EncoderWorker(settings, encoder=Encoder())
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    cleanup.append(worker)
+    wait_until(lambda: client.zcard(keys.claims()) > 0, 60, interval_s=0.005,
+               what="the worker to claim the batch")
+    redis_.kill9()  # while it embeds the batch's items
+    wait_until(lambda: worker.metrics.redis_errors._value.get() >= 1, RECOVER_S,
+               what="the batch to fail on Redis")
+    redis_.restart()
+    assert client.zcard(keys.claims()) == len(users)  # the AOF kept the claims
+    wait_until(lambda: client.xlen(keys.embedded()) == len(users), RECOVER_S,
+               interval_s=0.2, what="every user encoded after the restart")
+    assert thread.is_alive() and client.zcard(keys.claims()) == 0
+    assert {f[b"user_id"].decode() for _, f in client.xrange(keys.embedded())} == set(users)
+    worker.stop()
+    thread.join(30)
+    client.close()

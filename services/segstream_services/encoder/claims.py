@@ -19,7 +19,9 @@ under a fresh token ``<worker>:<fence>``.
 ``complete`` appends the stream entries (never trimming: see ``ClaimQueue.complete``) and
 releases the claims in one step, only for claims the token still holds: a worker whose
 lease expired (and whose users another worker re-claimed) completes nothing, so every
-dirty mark yields exactly one entry. The fence also guards the per-user embedding write
+dirty mark yields exactly one entry. ``give_back`` ends the leases of a batch that failed
+(e.g. on a Redis outage), so its users return to ``dirty`` at the next claim call instead
+of after the lease. The fence also guards the per-user embedding write
 (``EMB_WRITE``): a write from an older claim never overwrites one from a newer claim.
 """
 
@@ -105,6 +107,19 @@ end
 return {done, lost}
 """
 
+GIVE_BACK = """
+local token = ARGV[1] .. '|'
+local n = 0
+for j = 2, #ARGV do
+  local meta = redis.call('HGET', KEYS[2], ARGV[j])
+  if meta and string.sub(meta, 1, #token) == token then
+    redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[j])
+    n = n + 1
+  end
+end
+return n
+"""
+
 EMB_WRITE = """
 local cur = redis.call('HGET', KEYS[1], 'fence')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
@@ -137,6 +152,7 @@ class ClaimQueue:
         self._claim = client.register_script(CLAIM)
         self._complete = client.register_script(COMPLETE)
         self._emb_write = client.register_script(EMB_WRITE)
+        self._give_back = client.register_script(GIVE_BACK)
         self._queue_keys = [keys.dirty(), keys.claims(), keys.claim_meta(), keys.fence()]
 
     def claim(self, batch: int, max_wait_ms: int, lease_ms: int) -> Claim:
@@ -177,6 +193,15 @@ class ClaimQueue:
         keys = [self.keys.claims(), self.keys.claim_meta(), self.keys.embedded()]
         ok, lost = self._complete(keys=keys, args=args)
         return int(ok), int(lost)
+
+    def give_back(self, claim: Claim) -> int:
+        """End the leases ``claim`` still holds now (a batch that failed, e.g. on a Redis
+        outage), so the next claim call returns its users to ``dirty`` with their marks
+        instead of after ``lease_s``; returns how many."""
+        if not claim.users:
+            return 0
+        return int(self._give_back(keys=[self.keys.claims(), self.keys.claim_meta()],
+                                   args=[claim.token, *(uid for uid, _ in claim.users)]))
 
     def stream_length(self) -> int:
         """Entries in the ``embedded`` stream (acknowledged ones included until trimmed)."""

@@ -114,6 +114,7 @@ class EncoderWorker:
         from segstream_services.rollout.registry import ModelWatcher
 
         self.problem: str | None = None
+        self._in_hand: Claim | None = None  # the claim being processed (kept if it failed)
         self.watcher = ModelWatcher(  # rollout/rollback: a new model without a restart
             self.client, self.keys, load=lambda path: Encoder.from_settings(
                 self.cfg.model_copy(update={"model_path": path})),
@@ -142,6 +143,10 @@ class EncoderWorker:
         """Embed queued items, then try one claim; process it if it got users. Returns the
         report, or the empty claim (with its wait hint) when no trigger fired."""
         self.watcher.check(self)
+        if self._in_hand is not None:  # the last batch failed (Redis): its users go back now
+            given = self.queue.give_back(self._in_hand)
+            self._in_hand = None
+            log.warning("returned %d users of a failed batch to the queue", given)
         if self.stream_full():
             return Claim(0, "", wait_ms=self.cfg.idle_poll_ms)
         if "interest" in self.views:
@@ -154,7 +159,10 @@ class EncoderWorker:
             log.info("returned %d expired claims to the queue", claim.reclaimed)
         if not claim.users:
             return claim
-        return self.process(claim)
+        self._in_hand = claim
+        report = self.process(claim)
+        self._in_hand = None
+        return report
 
     def process(self, claim: Claim) -> BatchReport:
         """Compute the claimed users' vectors from their views, store the changed ones and
