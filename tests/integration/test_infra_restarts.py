@@ -37,6 +37,7 @@ from segstream.redis_io import redis_client
 from segstream.synthetic import SyntheticStream
 from segstream_services.dev.local_kafka import LocalKafka
 from segstream_services.dev.local_redis import LocalRedis
+from segstream_services.dev.processes import port_open
 from tests.helpers import wait_until
 from tests.integration.test_health import free_port, get
 from tests.integration.test_ingest import recount
@@ -65,7 +66,9 @@ class PrivateRedis:
         pid = self.server.pid()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: self.server.pid() is None, 10, what="redis-server gone")
+        # its command line empties before its sockets close: wait for the port too
+        wait_until(lambda: self.server.pid() is None and not port_open(self.port), 10,
+                   what="redis-server gone")
 
     def restart(self) -> None:
         assert self.server.start(self.settings)  # same port, same dir (and AOF file)
@@ -97,7 +100,9 @@ class PrivateKafka:
         pid = self.broker.pid()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: self.broker.pid() is None, 20, what="the broker gone")
+        local = self.broker.local
+        wait_until(lambda: self.broker.pid() is None and not port_open(local.kafka_port)
+                   and not port_open(local.kafka_controller_port), 20, what="the broker gone")
 
     def restart(self) -> None:
         assert self.broker.start(self.settings)
@@ -527,7 +532,8 @@ def test_an_encoder_batch_cut_by_a_redis_kill_is_requeued_not_left_to_its_lease(
     wait_until(lambda: client.xlen(keys.embedded()) == len(users), RECOVER_S,
                interval_s=0.2, what="every user encoded after the restart")
     assert thread.is_alive() and client.zcard(keys.claims()) == 0
-    assert {f[b"user_id"].decode() for _, f in client.xrange(keys.embedded())} == set(users)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.embedded()))
+    assert {f[b"user_id"].decode() for _, f in entries} == set(users)
     worker.stop()
     thread.join(30)
     client.close()
