@@ -384,7 +384,9 @@ class IngestService:
         stats.outcomes.update(result.outcomes)
 
     def _handle_with_retry(self, records: Sequence[Any]) -> BatchResult | None:
-        """``handle_batch`` with backoff while Redis or Kafka are unavailable."""
+        """``handle_batch`` with backoff while Redis or Kafka are unavailable (doubling from
+        0.5 s to at most 10 s, as the encoder does: a service resumes within 10 s of its
+        dependency's return, however long the outage)."""
         delay = 0.5
         while True:
             try:
@@ -394,4 +396,4 @@ class IngestService:
                           exc, delay)
                 if self.stop_event.wait(delay):
                     return None
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
