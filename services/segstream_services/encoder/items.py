@@ -23,7 +23,7 @@ import logging
 import struct
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import numpy as np
@@ -43,8 +43,9 @@ class ItemVectors:
     """The item vectors of one model version, as a worker sees them."""
 
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings, encoder: Encoder,
-                 worker_id: str) -> None:
+                 worker_id: str, on_encode: Callable[[float], None] | None = None) -> None:
         self.client = client
+        self.on_encode = on_encode  # told the model seconds of each item micro-batch
         self.keys = keys
         self.cfg = settings.encoder
         self.interest = settings.interest
@@ -141,7 +142,10 @@ class ItemVectors:
         step = self.cfg.item_batch
         for start in range(0, len(names), step):
             chunk = names[start:start + step]
+            t0 = time.perf_counter()
             encoded = self.encoder.encode([texts[i] for i in chunk])
+            if self.on_encode is not None:
+                self.on_encode(time.perf_counter() - t0)
             out.update(self._store(chunk, encoded))
         return out
 

@@ -27,7 +27,8 @@ class EncoderMetrics:
         self.batch_size = m.histogram(
             "encoder_batch_size", "Users claimed per micro-batch.", SIZE_BUCKETS)
         self.encode_seconds = m.histogram(
-            "encoder_encode_seconds", "Model time per micro-batch (cache misses only).",
+            "encoder_encode_seconds",
+            "Model time per micro-batch of item texts or feature texts (cache misses only).",
             SECONDS_BUCKETS)
         self.batch_seconds = m.histogram(
             "encoder_batch_seconds", "Claim-to-complete time per micro-batch.",

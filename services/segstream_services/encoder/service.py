@@ -134,7 +134,7 @@ class EncoderWorker:
     def _make_views(self) -> None:
         """Item vectors and the text view under the current encoder."""
         self.items = ItemVectors(self.client, self.keys, self.settings, self.encoder,
-                                 self.worker_id)
+                                 self.worker_id, self.metrics.encode_seconds.observe)
         self.text = TextView(self.client, self.keys, self.encoder, self.cache,
                              self.cfg.text_min_interval_s, self.cfg.text_batch,
                              lease_s=self.cfg.lease_s)
