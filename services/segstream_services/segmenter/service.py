@@ -73,7 +73,7 @@ class SegmenterService:
         self.settings = settings
         self.s = settings.segmenter
         self.redis = client if client is not None else redis_client(settings.redis)
-        # a segstream.kafka_io.KafkaClients (kafka-python objects) lends only its settings
+        # the caller's KafkaClients, or clients built from what it lends (its ``settings``)
         self.kafka = kafka if isinstance(kafka, KafkaClients) else kafka_clients(
             kafka.settings if kafka is not None else settings.kafka)
         self.keys = Keys(settings.redis.key_prefix)
