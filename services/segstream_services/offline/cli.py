@@ -25,7 +25,8 @@ def register(sub: Any, run_sub: Any) -> None:
     p = sub.add_parser("eval", help="Compare segstream's segments with baselines on a file.",
                        description="Temporal-split evaluation: segment popularity from "
                        "segstream's views (interest vector, feature text, their "
-                       "combination) vs global popularity, RFM, item co-occurrence SVD and "
+                       "combination, and interest vector over co-occurrence-smoothed item "
+                       "vectors) vs global popularity, RFM, item co-occurrence SVD and "
                        "category histogram + KMeans (HR@10, NDCG@10, coverage, stability "
                        "7 and 30 days apart).")
     add_source_args(p)
@@ -40,8 +41,9 @@ def register(sub: Any, run_sub: Any) -> None:
     p.add_argument("--stability-days", default="7,30", metavar="D[,D...]",
                    help="stability compares with the segments D days before T (default 7,30)")
     p.add_argument("--tune-until", metavar="T",
-                   help="choose the interest half-life, item centring and view weights on "
-                   "the splits whose truth period ends before T; report only splits at or "
+                   help="choose the interest half-life, item centring, view weights and "
+                   "the co-occurrence weight on the splits whose truth period ends before "
+                   "T (logged with probes and baselines); report only splits at or "
                    "after T (default: use the settings' values, no tuning)")
     p.add_argument("--no-search", action="store_true",
                    help="with --tune-until: keep the settings' values (no search); the "

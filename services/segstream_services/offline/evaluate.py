@@ -8,10 +8,13 @@ floor. Stability is the adjusted Rand index between the segmentation at T and th
 k and seed, over the users present at both. HR and NDCG are pooled over the user-split
 pairs; each figure is the mean ± std over seeds.
 
-Tuning discipline: the interest half-life, item centring and the text weight of the
-combination are either the settings' values or, with ``tune_until``, chosen on the
-splits whose whole truth period ends before ``tune_until`` (by mean NDCG@10 over the
-k values, seed 0); only the splits at or after ``tune_until`` are reported.
+Tuning discipline: the interest half-life, item centring, the text weight of the
+combination (0: the interest vector alone) and the co-occurrence weight of the smoothed
+view are either the settings' values (``DEFAULT_COOC_WEIGHT`` for the last) or, with
+``tune_until``, chosen on the splits whose whole truth period ends before ``tune_until``
+(by mean NDCG@10 over the k values, seed 0); only the splits at or after ``tune_until``
+are reported. The tuning log also holds probes that are never chosen (PCA-reduced
+interest view, segmentations carried forward online) and the baselines on those splits.
 """
 
 from __future__ import annotations
