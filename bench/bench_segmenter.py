@@ -299,6 +299,9 @@ def cmd_freshness(args: argparse.Namespace) -> None:
             log.close()
         for key in client.scan_iter(match=f"*bench-seg-{run}*", count=1000):
             client.delete(key)
+        admin = kafka.admin()  # the run's topics go too
+        admin.delete_topics([t for t in admin.list_topics() if t.startswith(f"bench-seg-{run}.")])
+        admin.close()
 
 
 def main() -> None:
