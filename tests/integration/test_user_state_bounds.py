@@ -150,8 +150,10 @@ def test_rollout_writes_the_next_vectors_with_the_ttl(infra: Settings, unique: s
     client = redis.Redis(host=infra.redis.host, port=infra.redis.port)
     keys = Keys(unique)
     client.set(keys.text("u"), "Mostly guitars and amplifiers.")
+    two_views = infra.model_copy(update={"interest": infra.interest.model_copy(
+        update={"view_weights": {"interest": 1.0, "text": 0.5}})})  # a text-only user
     rollout = Rollout(client, unique, lambda topic, records: None, "s", "c",
-                      user_ttl_s=3 * DAY_S)
+                      user_ttl_s=3 * DAY_S, settings=two_views)
     encoder = Encoder(tiny_base, device="cpu", dtype="float32")
     assert rollout.reembed(encoder, ["u"]) == 1
     assert 0 < client.ttl(keys.emb_next("u")) <= 3 * DAY_S
