@@ -73,6 +73,8 @@ def test_eval_prints_the_table_and_writes_json(events_file: Path, tmp_path: Path
         assert len(method["per_seed"]) == 2
     combo = result["results"]["4"]["segstream: combination"]
     assert -1.0 <= combo["stability_2d"]["mean"] <= 1.0
+    online = result["results"]["4"]["segstream: interest, online (carried 7 d)"]
+    assert -1.0 <= online["stability_2d"]["mean"] <= 1.0  # the row the live segmenter holds
     assert result["chosen"]["half_life_days"] >= 0
 
 
