@@ -68,8 +68,10 @@ def test_up_is_idempotent_status_is_real_and_down_leaves_nothing(infra: Settings
         assert any(j.startswith("kafka_2.13-") for j in jars)  # jars from Maven Central
         assert "log4j-slf4j-impl" in " ".join(jars)
         extra = rows["kafka"]["extra"]
-        assert extra["segstream.events"] == "partitions=6, cleanup.policy=delete"
-        assert extra["segstream.catalog"] == "partitions=1, cleanup.policy=compact"
+        assert extra["segstream.events"] == ("partitions=6, replication=1, "
+                                             "cleanup.policy=delete, min.insync.replicas=1")
+        assert extra["segstream.catalog"] == ("partitions=1, replication=1, "
+                                              "cleanup.policy=compact, min.insync.replicas=1")
         assert extra["segstream.events.dlq"].startswith("partitions=1")
         pids = [rows["kafka"]["pid"], rows["redis"]["pid"]]
     finally:
