@@ -70,6 +70,8 @@ class Fleet:
                "SEGSTREAM_ENCODER__METRICS_PORT": "0", "SEGSTREAM_ENCODER__DEVICE": "cpu",
                "SEGSTREAM_ENCODER__TORCH_THREADS": "1", "SEGSTREAM_ENCODER__CLAIM_BATCH": "16",
                "SEGSTREAM_ENCODER__LEASE_S": "3",
+               # both views (the shipped text weight is 0): texts go through the model too
+               "SEGSTREAM_INTEREST__VIEW_WEIGHTS": '{"interest": 1.0, "text": 0.5}',
                "SEGSTREAM_LOG_LEVEL": "WARNING"}
         log = (self.logdir / f"{s.redis.key_prefix}-{service}-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "segstream_services.cli", "run",
