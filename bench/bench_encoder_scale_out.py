@@ -22,14 +22,14 @@ import argparse
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_ingest import cleanup
+from bench.bench_scale_out import start_fleet, stop_fleet
 from bench.encoder_texts import sample_texts
 from segstream.config import load_settings
 from segstream.keys import Keys
@@ -81,12 +81,7 @@ def run_fleet(workers: int, users: int, items: int, texts: list[str], text_weigh
            "SEGSTREAM_INTEREST__VIEW_WEIGHTS": json.dumps(
                {"interest": 1.0, "text": text_weight}),
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    procs = []
-    for i in range(workers):
-        with (logdir / f"{workers}-{i}.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "segstream_services.cli", "run", "encoder"], env=env,
-                stdout=log, stderr=subprocess.STDOUT))
+    procs = start_fleet("encoder", workers, env, logdir, str(workers))
     first_at = 0.0
     try:
         while True:
@@ -99,16 +94,9 @@ def run_fleet(workers: int, users: int, items: int, texts: list[str], text_weigh
                 raise SystemExit(f"an encoder process exited early; see {logdir}")
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
+        stop_fleet(procs)
+        cleanup(client, settings.model_copy(update={
+            "redis": settings.redis.model_copy(update={"key_prefix": prefix})}))
     wall = now - first_at
     return users / max(wall, 1e-9), wall
 

@@ -35,6 +35,30 @@ def committed_total(consumer, topic: str, partitions: int) -> int:
     return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
 
 
+def start_fleet(service: str, n: int, env: dict[str, str], logdir: Path, tag: str
+                ) -> list[subprocess.Popen[bytes]]:
+    """``n`` ``segstream run <service>`` processes, each logging to ``logdir/<tag>-<i>.log``."""
+    procs = []
+    for i in range(n):
+        with (logdir / f"{tag}-{i}.log").open("wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "segstream_services.cli", "run", service], env=env,
+                stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def stop_fleet(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60.0) -> None:
+    """SIGTERM every process still running (each finishes its batch), SIGKILL laggards."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def run_fleet(settings: Settings, backend: str, consumers: int, total: int,
               partitions: int, logdir: Path) -> float:
     """Events/s of ``consumers`` ingest processes from the first commit to the last."""
@@ -46,12 +70,7 @@ def run_fleet(settings: Settings, backend: str, consumers: int, total: int,
            "SEGSTREAM_INGEST__METRICS_PORT": "0", "SEGSTREAM_KAFKA__CLIENT": backend,
            "SEGSTREAM_LOG_LEVEL": "WARNING"}
     watcher = kafka_clients(settings.kafka).consumer(group_id=group)
-    procs = []
-    for i in range(consumers):
-        with (logdir / f"{backend}-{consumers}-{i}.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "segstream_services.cli", "run", "ingest"], env=env,
-                stdout=log, stderr=subprocess.STDOUT))
+    procs = start_fleet("ingest", consumers, env, logdir, f"{backend}-{consumers}")
     first_at, first = 0.0, 0
     try:
         while True:
@@ -65,14 +84,7 @@ def run_fleet(settings: Settings, backend: str, consumers: int, total: int,
                 raise SystemExit(f"an ingest process exited early; see {logdir}")
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_fleet(procs)
         watcher.close()
     cleanup(redis_client(settings.redis), settings.model_copy(update={
         "redis": settings.redis.model_copy(update={"key_prefix": prefix})}))
