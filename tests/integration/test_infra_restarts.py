@@ -320,6 +320,23 @@ def create_topics(settings: Settings) -> None:
         admin.close()
 
 
+def phase_a_segmented(private: PrivateRedis | PrivateKafka, tmp_path: Path,
+                      cleanup: list[Any]) -> tuple[Keys, Events, Pipeline, redis.Redis]:
+    """All three services running on ``private``'s settings, healthy, and phase A's users
+    segmented: the start both fault tests share."""
+    create_topics(private.settings)
+    events = Events(private.settings)
+    pipeline = Pipeline(private.settings, tmp_path)
+    cleanup.append(pipeline)
+    client = redis_client(private.settings.redis)
+    pipeline.wait_healthy(180, "every service healthy")
+    events.produce("a")
+    keys = Keys(private.settings.redis.key_prefix)
+    wait_until(lambda: segmented(client, keys, events.users("a")), 180, interval_s=0.5,
+               what="phase A users segmented")
+    return keys, events, pipeline, client
+
+
 @pytest.fixture
 def cleanup() -> Iterator[list[Any]]:
     """Things with a ``stop()`` to call at the end, last first."""
@@ -337,17 +354,7 @@ def test_redis_killed_and_restarted_under_a_running_pipeline(
     redis_ = PrivateRedis(isolated(infra, unique), tmp_path, appendonly)
     cleanup.append(redis_)
     settings = redis_.settings
-    keys = Keys(settings.redis.key_prefix)
-    create_topics(settings)
-    events = Events(settings)
-    pipeline = Pipeline(settings, tmp_path)
-    cleanup.append(pipeline)
-    client = redis_client(settings.redis)
-    pipeline.wait_healthy(180, "every service healthy")
-
-    events.produce("a")
-    wait_until(lambda: segmented(client, keys, events.users("a")), 180, interval_s=0.5,
-               what="phase A users segmented")
+    keys, events, pipeline, client = phase_a_segmented(redis_, tmp_path, cleanup)
     ids_a = catalog_ids(client, keys)
 
     producing, result = in_background(events.produce, "b", RATE)
@@ -416,17 +423,7 @@ def test_broker_killed_and_restarted_mid_stream(
     kafka = PrivateKafka(isolated(infra, unique), tmp_path)
     cleanup.append(kafka)
     settings = kafka.settings
-    keys = Keys(settings.redis.key_prefix)
-    create_topics(settings)
-    events = Events(settings)
-    pipeline = Pipeline(settings, tmp_path)
-    cleanup.append(pipeline)
-    client = redis_client(settings.redis)
-    pipeline.wait_healthy(180, "every service healthy")
-
-    events.produce("a")
-    wait_until(lambda: segmented(client, keys, events.users("a")), 180, interval_s=0.5,
-               what="phase A users segmented")
+    keys, events, pipeline, client = phase_a_segmented(kafka, tmp_path, cleanup)
     events.produce("b")  # ingest is still consuming these when the broker dies
     kafka.kill9()
     wait_until(lambda: pipeline.all_report("kafka", ("ingest", "segmenter")), RECOVER_S,
