@@ -201,7 +201,7 @@ def baseline_rate(settings: Settings, backend: str, tree: str, run: str, total: 
     env = {**os.environ, "SEGSTREAM_TOPICS__EVENTS": settings.topics.events,
            "SEGSTREAM_TOPICS__DLQ": settings.topics.dlq,
            "SEGSTREAM_REDIS__KEY_PREFIX": prefix, "SEGSTREAM_KAFKA__CLIENT": backend,
-           "SEGSTREAM_INGEST__GROUP_ID": f"{settings.ingest.group_id}-baseline-{run}",
+           "SEGSTREAM_INGEST__GROUP_ID": f"{settings.ingest.group_id}-{backend}-baseline-{run}",
            "SEGSTREAM_INGEST__METRICS_PORT": "0"}
     own = settings.model_copy(update={"redis": settings.redis.model_copy(
         update={"key_prefix": prefix})})

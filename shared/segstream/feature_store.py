@@ -83,7 +83,7 @@ class UserResult:
     """What one user's script call did and left behind."""
 
     statuses: str                 # one letter per event, see APPLY_LUA
-    state: UserState
+    state: UserState              # read-only: its buckets are shared (``parse_state``)
     text: str | None              # the stored feature text before this batch's render
 
 
@@ -107,8 +107,9 @@ def watermark_field(topic: str, partition: int) -> str:
 
 
 def _bucket(value: str) -> dict[str, int]:
-    """A bucket's ``"sub=n;sub=n"`` as a dict (a fresh copy). Parsed values are kept
-    (``BUCKETS_CACHED``): a user's older days come back unchanged in every batch."""
+    """A bucket's ``"sub=n;sub=n"`` as a dict, shared with every caller: treat it as
+    read-only. Parsed values are kept (``BUCKETS_CACHED``): a user's older days come back
+    unchanged in every batch."""
     found = _BUCKETS.get(value)
     if found is None:
         found = {}
@@ -119,12 +120,15 @@ def _bucket(value: str) -> dict[str, int]:
         if len(_BUCKETS) >= BUCKETS_CACHED:
             _BUCKETS.clear()
         _BUCKETS[value] = found
-    return found.copy()
+    return found
 
 
-def parse_state(pairs: Iterable[tuple[str, str]], titles: Iterable[tuple[str, float]]
-                ) -> UserState:
-    """A ``UserState`` from the feature hash's (field, value) pairs and (title, score)s."""
+def parse_state(pairs: Iterable[tuple[str, str]], titles: Iterable[tuple[str, float]],
+                shared: bool = False) -> UserState:
+    """A ``UserState`` from the feature hash's (field, value) pairs and (title, score)s.
+
+    ``shared``: the bucket dicts are the parse cache's own (no copy; for a state that is
+    only read, as ingest's summary of each touched user)."""
     state = UserState()
     buckets = state.buckets
     for key, value in pairs:
@@ -138,7 +142,7 @@ def parse_state(pairs: Iterable[tuple[str, str]], titles: Iterable[tuple[str, fl
             elif key == "_rn":
                 state.rate_count = int(value)
             continue
-        buckets[key] = _bucket(value)
+        buckets[key] = _bucket(value) if shared else _bucket(value).copy()
     state.titles = {title: int(float(score)) for title, score in titles}
     return state
 
@@ -221,7 +225,8 @@ class FeatureStore:
     def _result(self, reply: Sequence[bytes | None]) -> UserResult:
         statuses, raw_hash, raw_titles, text = reply
         state = parse_state(_split_pairs(raw_hash or b""),
-                            ((t, float(sc)) for t, sc in _split_pairs(raw_titles or b"")))
+                            ((t, float(sc)) for t, sc in _split_pairs(raw_titles or b"")),
+                            shared=True)
         return UserResult((statuses or b"").decode(), state,
                           text.decode() if text is not None else None)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from functools import lru_cache
 
 from segstream.config import IngestSettings
 from segstream.features import OTHER, Features, WindowFeatures, clean_text
@@ -36,6 +37,8 @@ ZH_TIMES = {"night": "深夜", "morning": "上午", "afternoon": "下午", "even
 
 
 def _finite_int(value: float) -> int:
+    if type(value) is int and 0 <= value <= 10**18:  # the common case, checked first
+        return value
     if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         return 0
     return int(min(value, 1e18))
@@ -43,7 +46,11 @@ def _finite_int(value: float) -> int:
 
 def count_bucket(n: float, thousands: str = ",") -> str:
     """``1``, ``2``, ``3-5``, ``6-10``, ... ``501-1,000``, ``over 1,000``-style ranges."""
-    n = _finite_int(n)
+    return _count_label(min(_finite_int(n), COUNT_EDGES[-1]), thousands)
+
+
+@lru_cache(maxsize=4096)
+def _count_label(n: int, thousands: str) -> str:
     if n < 3:
         return str(n)
     for low, high in itertools.pairwise(COUNT_EDGES):
@@ -112,14 +119,13 @@ def _titles(features: Features, limit: int) -> list[str]:
 
 
 def _en(features: Features, long: WindowFeatures, short: WindowFeatures | None,
-        titles: list[str]) -> list[str]:
+        titles: list[str], cats: list[tuple[str, int]]) -> list[str]:
     def counted(n: int, kind: str) -> str:
         one, many = EN_TYPES.get(kind, (f"{kind} event", f"{kind} events"))
         bucket = count_bucket(n)
         return f"{bucket} {one if bucket == '1' else many}"
 
     parts = []
-    cats = _categories(long)
     if cats:
         named = [f"{c} ({p}%)" for c, p in cats]
         joined = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
@@ -153,12 +159,11 @@ def _en(features: Features, long: WindowFeatures, short: WindowFeatures | None,
 
 
 def _zh(features: Features, long: WindowFeatures, short: WindowFeatures | None,
-        titles: list[str]) -> list[str]:
+        titles: list[str], cats: list[tuple[str, int]]) -> list[str]:
     def kind(t: str) -> str:
         return ZH_TYPES.get(t, clean_text(str(t), 20))
 
     parts = []
-    cats = _categories(long)
     if cats:
         parts.append("主要兴趣：" + "、".join(f"{c}（{p}%）" for c, p in cats) + "。")
     parts.append(("最近：" + "、".join(titles) + "。") if titles else "")
@@ -209,9 +214,10 @@ def render(features: Features, settings: IngestSettings) -> str:
     short = windows[0] if len(windows) > 1 else None
     titles = _titles(features, settings.text_titles)
     limit = settings.text_max_chars
+    cats = _categories(long)
+    head = 1 if cats else 0   # parts[head] is the titles section
     while True:
-        parts = build(features, long, short, titles)
-        head = 1 if _categories(long) else 0   # parts[head] is the titles section
+        parts = build(features, long, short, titles, cats)
         interest = sep.join(p for p in parts[:head + 1] if p)
         if titles and len(interest) > limit:
             titles = titles[:-1]  # drop titles from the end until the interest part fits
@@ -233,6 +239,7 @@ def interest_summary(features: Features, settings: IngestSettings) -> str:
         return ""
     long = windows[-1]
     build, sep, _ = TEMPLATES[settings.text_language]
-    parts = build(features, long, None, _titles(features, settings.text_titles))
-    head = 1 if _categories(long) else 0
+    cats = _categories(long)
+    parts = build(features, long, None, _titles(features, settings.text_titles), cats)
+    head = 1 if cats else 0
     return sep.join(p for p in parts[:head + 1] if p)[:settings.text_max_chars]

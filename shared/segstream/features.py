@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -47,6 +46,7 @@ _SPACE = re.compile(r"\s+")
 _RESERVED = re.compile(r"[=;]")
 
 BucketMap = dict[str, dict[str, int]]
+_GROUPS = frozenset(("c", "k", "t", "m"))  # the bucket groups a summary reads
 
 
 @lru_cache(maxsize=32)
@@ -72,6 +72,11 @@ def top_category(category: str | None) -> str | None:
     """The top level of a category path (``Electronics/Audio`` -> ``electronics``)."""
     if category is None:
         return None
+    return _top_category(category)
+
+
+@lru_cache(maxsize=8192)  # a catalogue repeats its category paths in every event
+def _top_category(category: str) -> str | None:
     top = _CATEGORY_SPLIT.split(category, maxsplit=1)[0]
     top = _RESERVED.sub(" ", clean_text(top, CATEGORY_MAX_CHARS * 2).lower())
     top = _SPACE.sub(" ", top).strip()[:CATEGORY_MAX_CHARS].rstrip()
@@ -106,21 +111,31 @@ def calendar(ts_ms: int, settings: IngestSettings) -> tuple[int, int, bool]:
     return _calendar(ts_ms // 900_000, settings.timezone)
 
 
+@lru_cache(maxsize=8192)
+def _quarter_adds(quarter_hour: int, zone_name: str
+                  ) -> tuple[int, str, str, str, tuple[tuple[str, str, int], ...]]:
+    # what every event of a UTC quarter hour shares: its day, the day's field names and
+    # the two time-pattern increments
+    day, hour, weekend = _calendar(quarter_hour, zone_name)
+    times = f"t:{day}"
+    return (day, f"c:{day}", f"k:{day}", f"m:{day}",
+            ((times, TIME_OF_DAY[hour // 6], 1), (times, "we" if weekend else "wd", 1)))
+
+
 def increments(event: Event, settings: IngestSettings) -> Increment:
     """The bucket increments of one validated event."""
-    day, hour, weekend = calendar(event.ts_ms, settings)
-    adds: list[tuple[str, str, int]] = [(f"c:{day}", event.type, 1)]
-    category = top_category(event.category)
+    day, counts, cats, money, times = _quarter_adds(event.ts_ms // 900_000, settings.timezone)
+    adds: list[tuple[str, str, int]] = [(counts, event.type, 1)]
+    category = _top_category(event.category) if event.category is not None else None
     if category:
-        adds.append((f"k:{day}", category, 1))
-    adds.append((f"t:{day}", TIME_OF_DAY[hour // 6], 1))
-    adds.append((f"t:{day}", "we" if weekend else "wd", 1))
+        adds.append((cats, category, 1))
+    adds += times
     if event.type == "purchase":
         quantity = event.quantity or 1
-        adds.append((f"m:{day}", "qty", quantity))
+        adds.append((money, "qty", quantity))
         if event.price is not None:
             cents = event.price * quantity * 100
-            adds.append((f"m:{day}", "spend", round(min(cents, MAX_CENTS))))
+            adds.append((money, "spend", round(min(cents, MAX_CENTS))))
     title = clean_text(event.title, settings.title_max_chars) if event.title else ""
     return Increment(ts_ms=event.ts_ms, day=day, minute=event.ts_ms // MINUTE_MS,
                      title=title or None, adds=tuple(adds))
@@ -210,9 +225,19 @@ class Features:
         return next(w for w in self.windows if w.days == days)
 
 
-def _ranked(counts: Counter[str], cap: int | None = None) -> tuple[tuple[str, int], ...]:
-    items = sorted(((k, v) for k, v in counts.items() if v > 0), key=lambda kv: (-kv[1], kv[0]))
+def _ranked(counts: Mapping[str, int], cap: int | None = None) -> tuple[tuple[str, int], ...]:
+    items = sorted(((k, v) for k, v in counts.items() if v > 0), key=_by_count)
     return tuple(items[:cap] if cap else items)
+
+
+def _by_count(kv: tuple[str, int]) -> tuple[int, str]:
+    return -kv[1], kv[0]
+
+
+def _empty(settings: IngestSettings) -> Features:
+    empty = tuple(WindowFeatures(d, 0, (), (), 0, 0.0, 0, tuple((t, 0) for t in TIME_OF_DAY),
+                                 0, 0, 0) for d in sorted(settings.windows_days))
+    return Features(None, None, empty, None, ())
 
 
 def summarize(state: UserState, settings: IngestSettings, reference_ms: int | None = None,
@@ -220,30 +245,33 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
     """The ``Features`` of a user's state; windows end on the reference day.
 
     ``reference_ms`` defaults to the user's newest event, which makes the result a pure
-    function of the events (identical behaviour -> identical features).
+    function of the events (identical behaviour -> identical features). One pass over the
+    buckets with plain dicts (ingest summarizes every touched user in every batch).
     """
     ref_ms = reference_ms if reference_ms is not None else state.last_ts
     if ref_ms is None:
-        empty = tuple(WindowFeatures(d, 0, (), (), 0, 0.0, 0, tuple((t, 0) for t in TIME_OF_DAY),
-                                     0, 0, 0) for d in sorted(settings.windows_days))
-        return Features(None, None, empty, None, ())
+        return _empty(settings)
     ref_day = calendar(ref_ms, settings)[0]
     spans = sorted(settings.windows_days)
-    acc: list[dict[str, Counter[str]]] = [
-        {"c": Counter(), "k": Counter(), "t": Counter(), "m": Counter()} for _ in spans]
+    # per window: group -> {sub: sum}, and the days with events (a "c" bucket)
+    acc: list[dict[str, dict[str, int]]] = [{"c": {}, "k": {}, "t": {}, "m": {}}
+                                            for _ in spans]
     active: list[set[int]] = [set() for _ in spans]
     last_purchase_day: int | None = None
     first = ref_day - spans[-1] + 1
     for name, bucket in state.buckets.items():
         group, _, day_text = name.partition(":")
         day = int(day_text)
-        if not first <= day <= ref_day or group not in acc[0]:
+        if not first <= day <= ref_day or group not in _GROUPS:
             continue
         if group == "c" and bucket.get("purchase") and (last_purchase_day or 0) < day:
             last_purchase_day = day
+        age = ref_day - day
         for i, days in enumerate(spans):
-            if day > ref_day - days:
-                acc[i][group].update(bucket)
+            if age < days:
+                sums = acc[i][group]
+                for sub, amount in bucket.items():
+                    sums[sub] = sums.get(sub, 0) + amount
                 if group == "c":
                     active[i].add(day)
     windows = []
@@ -270,6 +298,12 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
 
 
 
+@lru_cache(maxsize=4096)
+def _midnight_ms(day: int, zone_name: str) -> int:
+    """Epoch ms of the start of local day ``day`` (a ``date.toordinal()``)."""
+    return int(datetime.fromordinal(day).replace(tzinfo=zone(zone_name)).timestamp() * 1000)
+
+
 @dataclass(frozen=True)
 class Rfm:
     """A user's RFM inputs in event time: what ingest publishes for the segmenter's
@@ -293,9 +327,8 @@ class Rfm:
         if state.last_ts is None:
             return None
         longest = max(features.windows, key=lambda w: w.days)
-        days = [int(name.split(":", 1)[1]) for name in state.buckets if ":" in name]
-        first = (int(datetime.fromordinal(min(days)).replace(
-            tzinfo=zone(settings.timezone)).timestamp() * 1000) if days else state.last_ts)
+        days = [int(name.partition(":")[2]) for name in state.buckets if ":" in name]
+        first = _midnight_ms(min(days), settings.timezone) if days else state.last_ts
         return cls(state.last_ts, longest.events, round(longest.spend, 2), first)
 
     def to_fields(self) -> dict[FieldT, EncodableT]:
