@@ -1,7 +1,10 @@
 """The kafka-python backend of ``segstream.kafka_client`` (the default).
 
 kafka-python 3.0.x reads its protocol schemas with deprecated ``importlib.resources``
-calls at import time; exactly those DeprecationWarnings are filtered here.
+calls at import time; exactly those DeprecationWarnings are filtered here. Two of its
+consumer defects are worked around here: a group join that a poll left in flight could be
+dropped (``_finish_pending_join``), and consumers created the topics they asked about
+(``_never_create_topics``).
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class _Consumer(Consumer):
             polled = self.c.poll(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
             raise _error(exc) from None
+        finally:
+            _finish_pending_join(self.c)
         return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
                        r.headers or ()) for batch in polled.values() for r in batch]
 
@@ -132,6 +137,35 @@ class _Consumer(Consumer):
 
     def close(self) -> None:
         self.c.close(autocommit=False)
+
+
+def _never_create_topics(consumer: kafka.KafkaConsumer) -> None:
+    """A consumer's metadata requests must not create the topics they ask about (as
+    librdkafka's consumer): on a broker with ``auto.create.topics.enable`` a service
+    started before its topic would create it with the broker's defaults (one partition,
+    no cleanup policy), and the topics job would then take it as existing. kafka-python
+    3.0 does not pass its ``allow_auto_create_topics`` option to its metadata, so it is
+    set there."""
+    cluster = getattr(consumer, "_cluster", None)
+    if cluster is not None and "allow_auto_create_topics" in getattr(cluster, "config", {}):
+        cluster.config["allow_auto_create_topics"] = False
+
+
+def _finish_pending_join(consumer: kafka.KafkaConsumer) -> None:
+    """Mark a group join that a poll left in flight as still needed: the next poll applies it.
+
+    kafka-python 3.0 leaves a JoinGroup/SyncGroup round in flight when the poll's timeout
+    ends first, and takes its assignment only while ``need_rejoin()`` holds. A rejoin for
+    changed topic metadata (a topic's partitions seen after the first join: a topic
+    created just before or after subscribing, or partitions added) does not set the
+    coordinator's sticky flag, and the round itself, as group leader, makes the metadata
+    check false again, so the assignment is never applied: the member keeps no
+    partitions, heartbeats stay off and nothing re-joins (no records, indefinitely).
+    Setting the flag while a round is pending makes the next poll apply it.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and getattr(coordinator, "_join_task", None) is not None:
+        coordinator.request_rejoin()
 
 
 class _Producer(Producer):
@@ -265,9 +299,13 @@ class KafkaPythonClients(KafkaClients):
         opts = {**self.common(), "group_id": group_id, "enable_auto_commit": False,
                 "auto_offset_reset": auto_offset_reset, **options}
         try:
-            consumer = _Consumer(kafka.KafkaConsumer(*topics, **opts))
+            raw = kafka.KafkaConsumer(**opts)
         except KafkaError as exc:
             raise _error(exc) from None
+        _never_create_topics(raw)
+        consumer = _Consumer(raw)
+        if topics:
+            consumer.subscribe(topics)
         if idle_ms is not None:
             consumer.idle_ms = idle_ms
         return consumer
