@@ -8,8 +8,10 @@ wait with ``tests.helpers.wait_until`` deadlines instead of sleeping.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -63,3 +65,14 @@ def redis_conn(infra: Settings) -> Iterator[redis.Redis]:
     client = redis_client(infra.redis)
     yield client
     client.close()
+
+
+@pytest.fixture
+def service_threads() -> Iterator[list[tuple[Any, threading.Thread]]]:
+    """Services a test runs as threads of its own process, as ``(service, thread)``:
+    each is stopped (``service.stop()``) and joined at the end, in start order."""
+    started: list[tuple[Any, threading.Thread]] = []
+    yield started
+    for svc, thread in started:
+        svc.stop()
+        thread.join(30)

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +81,10 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
 
 
 @pytest.fixture
-def steady() -> Iterator[list[tuple[Any, threading.Thread]]]:
+def steady(service_threads: list[tuple[Any, threading.Thread]]
+           ) -> list[tuple[Any, threading.Thread]]:
     """The services that run throughout (threads of this process); stopped at the end."""
-    started: list[tuple[Any, threading.Thread]] = []
-    yield started
-    for svc, thread in started:
-        svc.stop()
-        thread.join(30)
+    return service_threads
 
 
 def victim_env(settings: Settings) -> dict[str, str]:

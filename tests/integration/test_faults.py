@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,16 +44,25 @@ def settings(infra: Settings, unique: str, kafka: KafkaClients) -> Settings:
 
 
 @pytest.fixture
-def running() -> Iterator[list[tuple[SegmenterService, threading.Thread]]]:
-    started: list[tuple[SegmenterService, threading.Thread]] = []
-    yield started
-    for svc, thread in started:
-        svc.stop()
-        thread.join(15)
+def running(service_threads: list[tuple[Any, threading.Thread]]
+            ) -> list[tuple[Any, threading.Thread]]:
+    return service_threads
+
+
+def put_embedding(conn: redis.Redis, keys: Keys, uid: str, vec: np.ndarray,
+                  text_hash: str) -> None:
+    """What the encoder leaves for the segmenter: the user's unit vector (float16) and
+    an entry on the embedded stream."""
+    now = int(time.time() * 1000)
+    conn.hset(keys.emb(uid), mapping={
+        "vec": (vec / np.linalg.norm(vec)).astype(np.float16).tobytes(),
+        "model_version": "m@1", "text_hash": text_hash, "encoded_ms": now})
+    conn.xadd(keys.embedded(), {"user_id": uid, "model_version": "m@1",
+                                "text_hash": text_hash, "dirty_ms": now, "encoded_ms": now})
 
 
 def start_segmenter(settings: Settings, kafka: KafkaClients, name: str,
-                    started: list[tuple[SegmenterService, threading.Thread]]
+                    started: list[tuple[Any, threading.Thread]]
                     ) -> SegmenterService:
     svc = SegmenterService(settings, kafka=kafka, consumer=name)
     thread = threading.Thread(target=svc.run, daemon=True)
@@ -77,7 +87,7 @@ def mark(client: redis.Redis, keys: Keys, users: dict[str, str]) -> None:
 
 def test_a_stopped_segmenter_makes_the_encoder_wait_and_loses_nothing(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients, encoder: Encoder,
-        running: list[tuple[SegmenterService, threading.Thread]]) -> None:
+        running: list[tuple[Any, threading.Thread]]) -> None:
     settings.encoder.stream_maxlen = 1_000
     settings.encoder.claim_batch = 128
     keys = Keys(settings.redis.key_prefix)
@@ -113,21 +123,15 @@ def test_a_stopped_segmenter_makes_the_encoder_wait_and_loses_nothing(
 
 def test_a_vanished_consumer_group_is_recreated_not_looped_on(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
-        running: list[tuple[SegmenterService, threading.Thread]]) -> None:
+        running: list[tuple[Any, threading.Thread]]) -> None:
     keys = Keys(settings.redis.key_prefix)
     rng = np.random.default_rng(3)
     modes = rng.normal(size=(3, 384))
 
     def feed(uid: str, mode: int) -> None:
-        vec = modes[mode] + 0.3 * rng.normal(size=384)
-        now = int(time.time() * 1000)
         redis_conn.set(keys.text(uid), f"Mostly {CATS[mode]}.")
-        redis_conn.hset(keys.emb(uid), mapping={
-            "vec": (vec / np.linalg.norm(vec)).astype(np.float16).tobytes(),
-            "model_version": "m@1", "text_hash": f"h{uid}", "encoded_ms": now})
-        redis_conn.xadd(keys.embedded(), {"user_id": uid, "model_version": "m@1",
-                                          "text_hash": f"h{uid}", "dirty_ms": now,
-                                          "encoded_ms": now})
+        put_embedding(redis_conn, keys, uid, modes[mode] + 0.3 * rng.normal(size=384),
+                      f"h{uid}")
 
     svc = start_segmenter(settings, kafka, "seg", running)
     for i in range(30):
@@ -146,7 +150,7 @@ def test_a_vanished_consumer_group_is_recreated_not_looped_on(
 
 def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
-        running: list[tuple[SegmenterService, threading.Thread]]) -> None:
+        running: list[tuple[Any, threading.Thread]]) -> None:
     from tests.integration.segment_state import delete_state
 
     keys = Keys(settings.redis.key_prefix)
@@ -154,14 +158,8 @@ def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
     modes = rng.normal(size=(3, 384))
 
     def feed(uid: str, mode: int) -> None:
-        vec = modes[mode] + 0.3 * rng.normal(size=384)
-        now = int(time.time() * 1000)
-        redis_conn.hset(keys.emb(uid), mapping={
-            "vec": (vec / np.linalg.norm(vec)).astype(np.float16).tobytes(),
-            "model_version": "m@1", "text_hash": f"h{uid}", "encoded_ms": now})
-        redis_conn.xadd(keys.embedded(), {"user_id": uid, "model_version": "m@1",
-                                          "text_hash": f"h{uid}", "dirty_ms": now,
-                                          "encoded_ms": now})
+        put_embedding(redis_conn, keys, uid, modes[mode] + 0.3 * rng.normal(size=384),
+                      f"h{uid}")
 
     first = start_segmenter(settings, kafka, "before", running)
     for i in range(30):
@@ -187,7 +185,7 @@ def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
 
 def test_segmenter_killed_at_every_step_of_its_commit_order_loses_and_doubles_nothing(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
-        running: list[tuple[SegmenterService, threading.Thread]], tmp_path: Path) -> None:
+        running: list[tuple[Any, threading.Thread]], tmp_path: Path) -> None:
     """SIGKILL-equivalent exits (``SEGSTREAM_CRASH_AT``) at steps 1-7, twice each, of a
     segmenter process while a second consumer keeps running."""
     import json
@@ -206,14 +204,8 @@ def test_segmenter_killed_at_every_step_of_its_commit_order_loses_and_doubles_no
 
     def feed(uid: str, mode: int) -> None:
         mode_of[uid] = mode
-        vec = modes[mode] + 0.3 * rng.normal(size=384)
-        now = int(time.time() * 1000)
-        redis_conn.hset(keys.emb(uid), mapping={
-            "vec": (vec / np.linalg.norm(vec)).astype(np.float16).tobytes(),
-            "model_version": "m@1", "text_hash": f"h{uid}{now}", "encoded_ms": now})
-        redis_conn.xadd(keys.embedded(), {"user_id": uid, "model_version": "m@1",
-                                          "text_hash": f"h{uid}{now}", "dirty_ms": now,
-                                          "encoded_ms": now})
+        put_embedding(redis_conn, keys, uid, modes[mode] + 0.3 * rng.normal(size=384),
+                      f"h{uid}{time.time_ns()}")
 
     env = {**os.environ, "SEGSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
            **{f"SEGSTREAM_TOPICS__{n.upper()}": getattr(settings.topics, n)
