@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,23 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
     assert probes and all("stability_7d" in per_k for r in probes for per_k in r["per_k"].values())
 
 
+def test_eval_reports_only_the_asked_methods_with_the_segmenter_settings(
+        events_file: Path) -> None:
+    env = os.environ | {"SEGSTREAM_SEGMENTER__HYSTERESIS_MARGIN": "0.3",
+                        "SEGSTREAM_SEGMENTER__REFIT_MIN_GAIN": "0.05"}
+    done = subprocess.run([*CLI, "eval", str(events_file), *MAP, "--rolling", "2",
+                           "--horizon-days", "10", "--k", "3", "--seeds", "1",
+                           "--methods", "rfm,online", "--json"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result["results"]["3"]) == {"RFM + KMeans",
+                                           "segstream: interest, online (carried 7 d)"}
+    # the online row is carried with the segmenter's settings, not the dataclass defaults
+    assert result["chosen"]["hysteresis_margin"] == 0.3
+    assert result["chosen"]["refit_min_gain"] == 0.05
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -111,6 +129,7 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
         (("fit", "EVENTS", "--windows", "30"), "--windows"),
         (("eval", "EVENTS", "--rolling", "2", "--k", "8,x"), "--k"),
         (("eval", "EVENTS", "--rolling", "2", "--model", "/nonexistent"), "--model"),
+        (("eval", "EVENTS", "--rolling", "2", "--methods", "rfm,magic"), "--methods"),
     ],
 )
 def test_bad_input_is_one_line(events_file: Path, args: tuple[str, ...], fragment: str) -> None:

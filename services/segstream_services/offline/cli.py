@@ -51,6 +51,9 @@ def register(sub: Any, run_sub: Any) -> None:
     p.add_argument("--k", default="8", metavar="K[,K...]",
                    help="segments for every method, e.g. 8,32 (default 8)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--methods", metavar="NAME[,NAME...]",
+                   help="report only these rows (default all): pop, rfm, cooc, cat, "
+                   "interest, text, combo, smoothed, online")
     p.add_argument("--min-rating", type=float, default=4.0,
                    help="ratings below this are not positive interactions (default 4.0)")
     p.add_argument("--model", metavar="DIR", help="encoder model directory, e.g. a "
@@ -69,6 +72,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
     from segstream.offline import TextEmbedder
     from segstream_services.offline.evaluate import (
+        METHOD_KEYS,
         EvalConfig,
         rolling_splits,
         run_eval,
@@ -83,6 +87,11 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     ingest = ingest_settings(args, settings)
     given = [parse_time(t) for t in (args.split_time or "").split(",") if t.strip()]
     tune_until = parse_time(args.tune_until) if args.tune_until else None
+    keys = [m.strip() for m in (args.methods or ",".join(METHOD_KEYS)).split(",") if m.strip()]
+    unknown = [m for m in keys if m not in METHOD_KEYS]
+    if unknown or not keys:
+        raise ConfigError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
+                          f"choose from {', '.join(METHOD_KEYS)}")
     if args.model and not Path(args.model).is_dir():
         raise ConfigError(f"--model: no such directory: {args.model}")
     console = Console(stderr=True)
@@ -94,7 +103,8 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     config = EvalConfig(split_ms=splits, horizon_days=args.horizon_days,
                         stability_days=stability_days, ks=ks, seeds=tuple(range(args.seeds)),
                         min_rating=args.min_rating, tune_until_ms=tune_until,
-                        search=not args.no_search)
+                        search=not args.no_search,
+                        methods=tuple(METHOD_KEYS[m] for m in dict.fromkeys(keys)))
     with console.status("loading the encoder"):
         embed = TextEmbedder(load_encoder(settings, args), cache_dir=args.cache_dir)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -102,7 +112,8 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         task = bar.add_task("preparing", total=total_steps(config))
         result = run_eval(events, ingest, settings.interest, embed, config,
                           progress=lambda msg: bar.update(task, description=msg),
-                          tick=lambda msg: bar.update(task, advance=1, description=msg))
+                          tick=lambda msg: bar.update(task, advance=1, description=msg),
+                          segmenter=settings.segmenter)
     embed.save()
     if not result.splits_used:
         raise DataError("no split had users with history before it and liked items after "

@@ -32,7 +32,7 @@ from statistics import mean, pstdev
 import numpy as np
 
 from segstream.baselines import category_matrix, cooccurrence_matrix, kmeans_labels, rfm_matrix
-from segstream.config import IngestSettings, InterestSettings
+from segstream.config import IngestSettings, InterestSettings, SegmenterSettings
 from segstream.evaluation import (
     SegmentRecommender,
     popularity_recommendations,
@@ -65,6 +65,9 @@ SMOOTHED = "segstream: interest + co-occurrence"
 ONLINE = "segstream: interest, online (carried 7 d)"
 ONLINE_CARRY_DAYS = 7.0
 METHODS = (POP, RFM, COOC, CAT, INTEREST, TEXT, COMBO, SMOOTHED, ONLINE)
+# The short names ``--methods`` takes.
+METHOD_KEYS = dict(zip(("pop", "rfm", "cooc", "cat", "interest", "text", "combo", "smoothed",
+                        "online"), METHODS, strict=True))
 SEGSTREAM = (INTEREST, TEXT, COMBO, SMOOTHED)
 # The grid searched on the tuning splits (only with tune_until). A text weight of 0 is
 # the interest vector alone.
@@ -80,6 +83,11 @@ DEFAULT_COOC_WEIGHT = 0.5
 # the first stability offset (``carried_labels``) instead of refitted; the baselines.
 PROBE_DIMS = (16, 64)
 REFERENCES = (RFM, COOC)
+# The online clusterer's settings that shape the carried step (``SegmenterSettings``);
+# they travel in ``params`` so that a search can vary them. ``carry_passes``: how many
+# ``observe`` steps the carried week is split into (the running segmenter sees the week
+# in many batches; the eval replays the users' vectors at T that many times).
+SEG_PARAMS = ("hysteresis_margin", "half_life_points", "refit_min_gain")
 
 Progress = Callable[[str], None]
 
@@ -96,6 +104,7 @@ class EvalConfig:
     min_users_per_k: int = 3
     tune_until_ms: int | None = None
     search: bool = True  # False: keep the settings' values; tuning splits are left out
+    methods: tuple[str, ...] = METHODS  # the reported rows (a subset saves time)
 
 
 def metric_names(config: EvalConfig) -> tuple[str, ...]:
@@ -281,30 +290,37 @@ def labels_of(data: Data, method: str, t: int, k: int, seed: int, params: dict
         return carried_labels(data, method, t, k, seed, params)
     users, matrix = data.rows(method, t, params)
     if method in SEGSTREAM:
-        seg = segment_vectors(users, matrix, [""] * len(users), SegConfig(k=k, seed=seed), t)
+        seg = segment_vectors(users, matrix, [""] * len(users), seg_config(k, seed, params), t)
         return seg.labels()
     return {u: str(x) for u, x in zip(users, kmeans_labels(matrix, k, seed), strict=True)}
+
+
+def seg_config(k: int, seed: int, params: dict) -> SegConfig:
+    """The clusterer's configuration: k and seed, and the ``SEG_PARAMS`` in ``params``."""
+    return SegConfig(k=k, seed=seed, **{name: params[name] for name in SEG_PARAMS
+                                         if name in params})
 
 
 def carried_labels(data: Data, method: str, t: int, k: int, seed: int, params: dict
                    ) -> dict[str, str]:
     """The segmentation at ``t`` as the online segmenter would hold it: fitted
-    ``carry_days`` before, then one ``observe`` step with every user's vector at ``t``
-    (partial fit, hysteresis against their segment) and a maintenance refit (kept only
-    when it lowers the inertia by ``refit_min_gain``); a fresh fit at ``t`` when fewer
-    than ``2 k`` users were there to fit."""
+    ``carry_days`` before, then ``carry_passes`` (default 1) ``observe`` steps with every
+    user's vector at ``t`` (partial fit, hysteresis against their segment) and a
+    maintenance refit (kept only when it lowers the inertia by ``refit_min_gain``); a
+    fresh fit at ``t`` when fewer than ``2 k`` users were there to fit."""
     start = t - int(params["carry_days"] * DAY_MS)
     fresh = params | {"carry_days": 0}
     users, matrix = data.rows(method, start, fresh)
     if len(users) < 2 * k:  # too few users then: the segmenter starts at t
         return labels_of(data, method, t, k, seed, fresh)
-    fitted = segment_vectors(users, matrix, [""] * len(users), SegConfig(k=k, seed=seed),
+    fitted = segment_vectors(users, matrix, [""] * len(users), seg_config(k, seed, params),
                              start)
-    before = fitted.labels()
+    now = fitted.labels()
     users, matrix = data.rows(method, t, fresh)
-    batch = [Observation(u, matrix[i], "", before.get(u)) for i, u in enumerate(users)]
-    now = {a.key: a.segment_id for a in fitted.segmenter.observe(batch, t)}
-    batch = [Observation(o.key, o.vector, "", now.get(o.key)) for o in batch]
+    for _ in range(max(1, int(params.get("carry_passes", 1)))):
+        batch = [Observation(u, matrix[i], "", now.get(u)) for i, u in enumerate(users)]
+        now = now | {a.key: a.segment_id for a in fitted.segmenter.observe(batch, t)}
+    batch = [Observation(u, matrix[i], "", now.get(u)) for i, u in enumerate(users)]
     return now | {a.key: a.segment_id for a in fitted.segmenter.maintain(batch, t)}
 
 
@@ -369,13 +385,15 @@ def total_steps(config: EvalConfig) -> int:
     grid = (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS) + len(PROBE_DIMS)
             + 2 + len(REFERENCES))
     tune = len(tuning) * grid if tuning and config.search else 0
-    return tune + len(report) * len(config.seeds) * len(METHODS)
+    return tune + len(report) * len(config.seeds) * len(config.methods)
 
 
 def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: InterestSettings,
              embed: TextEmbedder, config: EvalConfig, progress: Progress | None = None,
-             tick: Progress | None = None) -> EvalResult:
-    """Evaluate every method on every reported split, k and seed (tuning first, if asked)."""
+             tick: Progress | None = None, segmenter: SegmenterSettings | None = None
+             ) -> EvalResult:
+    """Evaluate every method on every reported split, k and seed (tuning first, if asked);
+    the segstream rows cluster with ``segmenter``'s settings (default: the defaults)."""
     tick = tick or (lambda _msg: None)
     tuning_splits, report = plan(config)
     if not config.search:
@@ -390,13 +408,17 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
                     "text_weight": interest.view_weights.get("text", 0.5)
                     / max(interest.view_weights.get("interest", 1.0), 1e-9),
                     "cooc_weight": DEFAULT_COOC_WEIGHT}
+    seg = segmenter or SegmenterSettings()
+    params |= {name: getattr(seg, name) for name in SEG_PARAMS}
     tuning_log: list[dict] = []
     if tuning_splits and config.search:
-        params, tuning_log = tune(data, tuning_splits, config, tick)
-    accs = {k: {m: {s: _Acc() for s in config.seeds} for m in METHODS} for k in config.ks}
+        chosen, tuning_log = tune(data, tuning_splits, config, tick, params)
+        params |= chosen
+    accs = {k: {m: {s: _Acc() for s in config.seeds} for m in config.methods}
+            for k in config.ks}
     used, pairs = [], 0
     for split_ms in report:
-        n = _score_split(data, split_ms, config, METHODS, params, config.seeds, config.ks,
+        n = _score_split(data, split_ms, config, config.methods, params, config.seeds, config.ks,
                          accs, config.stability_days, tick)
         if n:
             used.append(split_ms)
@@ -404,15 +426,15 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
     methods = {k: {m: {s: acc.result(config) for s, acc in per_seed.items() if acc.users}
                    for m, per_seed in by_method.items()} for k, by_method in accs.items()}
     for by_method in methods.values():  # popularity is not a segmentation
-        for seed_result in by_method[POP].values():
+        for seed_result in by_method.get(POP, {}).values():
             for d in config.stability_days:
                 seed_result[f"stability_{d:g}d"] = math.nan
     return EvalResult(config, used, tuning_splits, pairs, params, tuning_log,
                       data.interest_counts, methods)
 
 
-def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress
-         ) -> tuple[dict, list[dict]]:
+def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress,
+         base: dict | None = None) -> tuple[dict, list[dict]]:
     """Choose half-life and centring (interest view), then the text weight of the
     combination (0 = interest alone) and the co-occurrence weight of the smoothed view,
     each by mean NDCG@10 over ``config.ks`` on the tuning splits, seed 0. Every candidate
@@ -433,7 +455,8 @@ def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress
                         f"stability_{d:g}d" for d in days))} for k, r in per_k.items()}})
         return value
 
-    best = max((p for _, p in tuning_grid()), key=lambda p: ndcg(INTEREST, p))
+    fixed = {name: value for name, value in (base or {}).items() if name in SEG_PARAMS}
+    best = max((fixed | p for _, p in tuning_grid()), key=lambda p: ndcg(INTEREST, p))
     weight = max(TEXT_WEIGHTS, key=lambda w: ndcg(COMBO, best | {"text_weight": w}))
     cooc = max(COOC_WEIGHTS, key=lambda w: ndcg(SMOOTHED, best | {"cooc_weight": w}))
     for dims in PROBE_DIMS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from segstream_services.offline.evaluate import METHODS, EvalResult, metric_names
+from segstream_services.offline.evaluate import EvalResult, metric_names
 
 HEADERS = {"hr": "HR@10", "ndcg": "NDCG@10", "coverage": "coverage"}
 
@@ -24,7 +24,7 @@ def _pm(mean: float, std: float, seeds: int) -> str:
 def _rows(result: EvalResult, k: int) -> list[list[str]]:
     seeds = len(result.config.seeds)
     rows = []
-    for name in METHODS:
+    for name in result.config.methods:
         summary = result.summary(k, name)
         rows.append([name, *(_pm(*summary[m], seeds) for m in metric_names(result.config))])
     return rows
@@ -43,9 +43,10 @@ def eval_table(result: EvalResult) -> Any:
     table = Table(title="segstream eval")
     for col in ("k", "method", *(_header(m) for m in metric_names(result.config))):
         table.add_column(col, justify="left" if col in ("k", "method") else "right")
+    last = len(result.config.methods) - 1
     for k in result.config.ks:
         for i, row in enumerate(_rows(result, k)):
-            table.add_row(str(k) if i == 0 else "", *row, end_section=i == len(METHODS) - 1)
+            table.add_row(str(k) if i == 0 else "", *row, end_section=i == last)
     return table
 
 
