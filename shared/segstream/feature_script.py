@@ -9,10 +9,12 @@ of the profile step and reads best on its own.
 # interest zset, then the user's other keys (an applied event refreshes every key's TTL;
 # key_ttl_s 0: none). ARGV: window_days, category_cap, bot_limit, max_titles,
 # dedup_window_ms, dedup_max, key_ttl_s, then a JSON array of the user's events in order, each
-# [dedup digest (hex), watermark field, offset (-1: none), ts ms, minute, day, title
-# ('' = none), [[field, sub, amount], ...], item id, interest weight], then the interest
-# half-life (ms; 0: no decay) and item cap (one JSON argument is far cheaper to send
-# than dozens of separate ones). Returns {one status letter per event (A applied,
+# [watermark field, offset (-1: none), ts ms, minute, day, title ('' = none),
+# [[field, sub, amount], ...], item id, interest weight], then the interest half-life (ms;
+# 0: no decay) and item cap, then the events' 8-byte dedup digests concatenated in the
+# same order (raw bytes: one string.sub per event, where hex in the JSON cost a decoding
+# loop per event; one JSON argument is far cheaper to send than dozens of separate ones).
+# Returns {one status letter per event (A applied,
 # R redelivered, D duplicate id, B bot rate, O outside window), the feature hash and the
 # titles (ZRANGE WITHSCORES), each flattened into one string joined by \31, the text}.
 APPLY_LUA = r"""
@@ -22,6 +24,7 @@ local maxtitles, dwin = tonumber(ARGV[4]), tonumber(ARGV[5])
 local dmax, kttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local events = cjson.decode(ARGV[8])
 local hl, imax = tonumber(ARGV[9]), tonumber(ARGV[10])
+local digests = ARGV[11]
 local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last', '_ia')
 local anchor = tonumber(meta[5])
 local oldanchor, rescale, iadds, interested = anchor, 1, {}, false
@@ -46,15 +49,10 @@ local function bucket(field)
   return t
 end
 
-local function unhex(h)
-  local b = {}
-  for j = 1, #h, 2 do b[#b + 1] = tonumber(string.sub(h, j, j + 1), 16) end
-  return string.char(unpack(b))
-end
-
 for e, ev in ipairs(events) do
-  local member, wmf, off, ts = unhex(ev[1]), ev[2], ev[3], ev[4]
-  local minute, day, title, adds = ev[5], ev[6], ev[7], ev[8]
+  local member = string.sub(digests, e * 8 - 7, e * 8)
+  local wmf, off, ts = ev[1], ev[2], ev[3]
+  local minute, day, title, adds = ev[4], ev[5], ev[6], ev[7]
   local wm = wms[wmf]
   if wm == nil then wm = tonumber(redis.call('HGET', fkey, wmf)) or -1 end
   if off >= 0 and off <= wm then
@@ -96,7 +94,7 @@ for e, ev in ipairs(events) do
         if day > dx then dx = day end
         status[e] = 'A'
         active = true
-        local w = ev[10]
+        local w = ev[9]
         if w > 0 and imax > 0 then
           if anchor == nil then anchor = ts end
           local x = 0
@@ -107,7 +105,7 @@ for e, ev in ipairs(events) do
             for item, aw in pairs(iadds) do iadds[item] = aw * f end
             anchor, x = ts, 0
           end
-          iadds[ev[9]] = (iadds[ev[9]] or 0) + w * 2 ^ x
+          iadds[ev[8]] = (iadds[ev[8]] or 0) + w * 2 ^ x
           interested = true
         end
       end

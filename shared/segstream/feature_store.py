@@ -42,6 +42,7 @@ one script call, so a crash never leaves half an update.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 import zlib
 from collections import OrderedDict
@@ -147,6 +148,12 @@ def parse_state(pairs: Iterable[tuple[str, str]], titles: Iterable[tuple[str, fl
     return state
 
 
+def _bulk(value: str | int | bytes) -> bytes:
+    """One RESP bulk string (what redis-py's packer writes for the same argument)."""
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def _split_pairs(joined: bytes) -> list[tuple[str, str]]:
     parts = joined.decode().split("\x1f") if joined else []
     return list(zip(parts[0::2], parts[1::2], strict=True))
@@ -171,7 +178,9 @@ class FeatureStore:
             cfg.bot_max_events_per_minute, cfg.max_titles, cfg.dedup_ttl_s * 1000,
             cfg.dedup_max_per_user, settings.redis.user_ttl_s]
         self._tail: list[str | int] = [self._half_life_ms, settings.interest.max_items]
+        self._packed_tail = b"".join(_bulk(a) for a in self._tail)
         self._user_keys: dict[str, list[str]] = {}
+        self._packed_keys: dict[str, bytes] = {}  # a user's EVALSHA head, RESP-encoded
         self._new_items: dict[str, tuple[str, str]] = {}
         self._seen_items: OrderedDict[str, None] = OrderedDict()
         self._epoch: bytes | None = None  # the state epoch id Redis had at the last write
@@ -192,12 +201,33 @@ class FeatureStore:
         return found
 
     def _args(self, events: Sequence[PendingEvent]) -> list[str | int | bytes]:
+        payload, digests = self._events_args(events)
+        return [*self._head, payload, *self._tail, digests]
+
+    def _events_args(self, events: Sequence[PendingEvent]) -> tuple[bytes, bytes]:
+        """ARGV 8 (the events' JSON) and ARGV 11 (their dedup digests)."""
         interest = self._interest
-        payload = [(dedup_member(ev.event_id).hex(), watermark_field(ev.topic, ev.partition),
-                    ev.offset, ev.inc.ts_ms, ev.inc.minute, ev.inc.day, ev.inc.title or "",
-                    ev.inc.adds, ev.item_id if interest else "",
-                    ev.weight if interest else 0) for ev in events]
-        return [*self._head, _PAYLOAD.encode(payload), *self._tail]
+        payload = [(watermark_field(ev.topic, ev.partition), ev.offset, ev.inc.ts_ms,
+                    ev.inc.minute, ev.inc.day, ev.inc.title or "", ev.inc.adds,
+                    ev.item_id if interest else "", ev.weight if interest else 0)
+                   for ev in events]
+        return (_PAYLOAD.encode(payload),
+                b"".join([dedup_member(ev.event_id) for ev in events]))
+
+    def _packed_call(self, user_id: str, events: Sequence[PendingEvent]) -> bytes:
+        """One user's EVALSHA as RESP bytes: its constant part (command, script, KEYS and
+        the fixed ARGV) is encoded once per user, not by redis-py's packer per call."""
+        head = self._packed_keys.get(user_id)
+        if head is None:
+            if len(self._packed_keys) >= KEYS_CACHED:
+                self._packed_keys.clear()
+            keys = self.user_keys(user_id)
+            args = ["EVALSHA", self._apply.sha, len(keys), *keys, *self._head]
+            head = b"*%d\r\n%s" % (len(args) + 1 + len(self._tail) + 1,
+                                    b"".join(_bulk(a) for a in args))
+            self._packed_keys[user_id] = head
+        payload, digests = self._events_args(events)
+        return b"".join((head, _bulk(payload), self._packed_tail, _bulk(digests)))
 
     def apply(self, by_user: dict[str, list[PendingEvent]]) -> dict[str, UserResult]:
         """Apply every user's events (one script call per user, pipelined by chunk).
@@ -248,10 +278,8 @@ class FeatureStore:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            commands = [("EVALSHA", self._apply.sha, len(keys), *keys,
-                         *self._args(by_user[uid]))
-                        for uid in users for keys in [self.user_keys(uid)]]
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(  # a list: one bytes object would be iterated
+                [b"".join([self._packed_call(uid, by_user[uid]) for uid in users])])
         except BaseException:
             conn.disconnect()
             pool.release(conn)
@@ -339,16 +367,23 @@ class FeatureStore:
             return 0
         pipe = self.client.pipeline(transaction=False)
         items = self._register_items(pipe, now_ms)
+        # plain execute_command: redis-py's hset/set/expire wrappers cost more than the
+        # commands themselves at one of each per user and batch
+        command = pipe.execute_command
         for uid, values in (rfm or {}).items():
-            pipe.hset(self.keys.rfm(uid), mapping=values.to_fields())
+            key = self.keys.rfm(uid)
+            command("HSET", key, *itertools.chain.from_iterable(values.to_fields().items()))
             if ttl:
-                pipe.expire(self.keys.rfm(uid), ttl)
+                command("EXPIRE", key, ttl)
         if not marked:
             self._execute(pipe, items)
             return 0
         for uid, text in marked:
             if text:  # '' = the text did not change: only the mark
-                pipe.set(self.keys.text(uid), text.encode(), ex=ttl or None)
+                if ttl:
+                    command("SET", self.keys.text(uid), text.encode(), "EX", ttl)
+                else:
+                    command("SET", self.keys.text(uid), text.encode())
         pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
         self._execute(pipe, items)
         return len(marked)

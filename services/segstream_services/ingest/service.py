@@ -128,9 +128,12 @@ class IngestService:
         dead_letters: list[tuple[Any, str, InvalidEvent]] = []
         m.consumed.inc(len(records))
         valid = 0  # counted once per batch (a metric update per record costs)
+        # per record: names looked up once per batch
+        check, cfg, interest = self.check, self.cfg, self.settings.interest
+        topic_key, note_item, by_user = self._topic_ids.key, self.store.note_item, prepared.by_user
         for record in records:
             try:
-                checked = self.check(record.value, now_ms)
+                checked = check(record.value, now_ms)
             except InvalidEvent as exc:
                 dead_letters.append((record, exc.reason, exc))
                 outcomes[f"dead_lettered:{exc.reason}"] += 1
@@ -140,13 +143,13 @@ class IngestService:
                 m.cleaned.labels(rule=checked.rule).inc()
                 outcomes[f"cleaned:{checked.rule}"] += 1
                 continue
-            prepared.by_user[checked.user_id].append(PendingEvent(
-                checked.event_id, increments(checked, self.cfg),
-                self._topic_ids.key(record.topic, record.partition, record.offset),
+            by_user[checked.user_id].append(PendingEvent(
+                checked.event_id, increments(checked, cfg),
+                topic_key(record.topic, record.partition, record.offset),
                 record.partition, record.offset, checked.item_id,
-                event_weight(checked, self.settings.interest)))
+                event_weight(checked, interest)))
             if checked.title or checked.category:
-                self.store.note_item(checked.item_id, checked.title, checked.category)
+                note_item(checked.item_id, checked.title, checked.category)
         m.valid.inc(valid)
         if dead_letters:
             self._dead_letter(dead_letters)
@@ -207,21 +210,24 @@ class IngestService:
         updates = []
         rfm: dict[str, Rfm] = {}
         letters: Counter[str] = Counter()  # status letters, counted once per batch
+        texts_changed = 0  # likewise
+        cfg = self.cfg
         for uid, res in results.items():
-            letters.update(res.statuses)
-            features = summarize(res.state, self.cfg)
-            text = render(features, self.cfg)
-            if "A" in res.statuses or "R" in res.statuses:
-                found = Rfm.of(res.state, features, self.cfg)
+            statuses = res.statuses
+            letters.update(statuses)
+            features = summarize(res.state, cfg)
+            text = render(features, cfg)
+            applied, redo = "A" in statuses, "R" in statuses
+            if applied or redo:
+                found = Rfm.of(res.state, features, cfg)
                 if found is not None:
                     rfm[uid] = found
             changed = text != res.text
-            m.texts_changed.inc(changed)
+            texts_changed += changed
             # an applied event moves the interest state even when the text stays the same:
             # the user is marked, but an unchanged text is not written again ('')
-            redo = "R" in res.statuses
-            updates.append((uid, text if changed or redo else "",
-                            changed or redo or "A" in res.statuses))
+            updates.append((uid, text if changed or redo else "", changed or redo or applied))
+        m.texts_changed.inc(texts_changed)
         for letter, n in letters.items():
             outcome, label = STATUS_OUTCOME[letter]
             result.outcomes[f"{outcome}:{label}" if label else outcome] += n
