@@ -100,6 +100,10 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
     assert 0.0 in {r.get("text_weight") for r in result["tuning"]}  # interest alone competes
     probes = [r for r in result["tuning"] if r.get("carry_days")]
     assert probes and all("stability_7d" in per_k for r in probes for per_k in r["per_k"].values())
+    # the carried view is also probed with other segmenter settings (never chosen)
+    assert {0.0, 0.1} <= {r["refit_min_gain"] for r in probes}
+    assert {0.0, 0.2} <= {r["hysteresis_margin"] for r in probes}
+    assert any(r.get("carry_passes") == 3 for r in probes)
 
 
 def test_eval_reports_only_the_asked_methods_with_the_segmenter_settings(

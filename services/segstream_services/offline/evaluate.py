@@ -88,6 +88,10 @@ REFERENCES = (RFM, COOC)
 # ``observe`` steps the carried week is split into (the running segmenter sees the week
 # in many batches; the eval replays the users' vectors at T that many times).
 SEG_PARAMS = ("hysteresis_margin", "half_life_points", "refit_min_gain")
+# Probes of the carried interest view with other segmenter settings (logged, never chosen).
+ONLINE_PROBES: tuple[dict, ...] = (
+    {"hysteresis_margin": 0.0}, {"hysteresis_margin": 0.2}, {"refit_min_gain": 0.0},
+    {"refit_min_gain": 0.02}, {"refit_min_gain": 0.1}, {"carry_passes": 3})
 
 Progress = Callable[[str], None]
 
@@ -383,7 +387,7 @@ def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
 def total_steps(config: EvalConfig) -> int:
     tuning, report = plan(config)
     grid = (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS) + len(PROBE_DIMS)
-            + 2 + len(REFERENCES))
+            + 2 + len(ONLINE_PROBES) + len(REFERENCES))
     tune = len(tuning) * grid if tuning and config.search else 0
     return tune + len(report) * len(config.seeds) * len(config.methods)
 
@@ -439,7 +443,8 @@ def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress,
     combination (0 = interest alone) and the co-occurrence weight of the smoothed view,
     each by mean NDCG@10 over ``config.ks`` on the tuning splits, seed 0. Every candidate
     is logged with its HR, NDCG and stability (``stability_days[0]``) per k; the PCA
-    probes of the interest view are logged, never chosen."""
+    probes of the interest view and the carried ones (``ONLINE_PROBES``: other segmenter
+    settings) are logged, never chosen."""
     log: list[dict] = []
     days = config.stability_days[:1]
 
@@ -463,6 +468,8 @@ def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress,
         ndcg(INTEREST, best | {"dims": dims})
     for method, params in ((INTEREST, best), (SMOOTHED, best | {"cooc_weight": cooc})):
         ndcg(method, params | {"carry_days": days[0]})
+    for probe in ONLINE_PROBES:
+        ndcg(INTEREST, best | {"carry_days": days[0]} | probe)
     for method in REFERENCES:
         ndcg(method, {})
     return best | {"text_weight": weight, "cooc_weight": cooc}, log
