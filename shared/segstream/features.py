@@ -253,10 +253,12 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
         return _empty(settings)
     ref_day = calendar(ref_ms, settings)[0]
     spans = sorted(settings.windows_days)
-    # per window: group -> {sub: sum}, and the days with events (a "c" bucket)
-    acc: list[dict[str, dict[str, int]]] = [{"c": {}, "k": {}, "t": {}, "m": {}}
-                                            for _ in spans]
-    active: list[set[int]] = [set() for _ in spans]
+    # each bucket is added once, to the band of the shortest window holding it (band i:
+    # spans[i-1] <= age < spans[i]); window i is then bands 0..i (a bucket of the last
+    # 7 days is not summed twice for 7 and 30 days)
+    bands: list[dict[str, dict[str, int]]] = [{"c": {}, "k": {}, "t": {}, "m": {}}
+                                              for _ in spans]
+    band_days: list[set[int]] = [set() for _ in spans]  # days with events (a "c" bucket)
     last_purchase_day: int | None = None
     first = ref_day - spans[-1] + 1
     for name, bucket in state.buckets.items():
@@ -266,14 +268,27 @@ def summarize(state: UserState, settings: IngestSettings, reference_ms: int | No
             continue
         if group == "c" and bucket.get("purchase") and (last_purchase_day or 0) < day:
             last_purchase_day = day
-        age = ref_day - day
-        for i, days in enumerate(spans):
-            if age < days:
-                sums = acc[i][group]
-                for sub, amount in bucket.items():
-                    sums[sub] = sums.get(sub, 0) + amount
-                if group == "c":
-                    active[i].add(day)
+        age, band = ref_day - day, 0
+        while age >= spans[band]:
+            band += 1
+        sums = bands[band][group]
+        for sub, amount in bucket.items():
+            sums[sub] = sums.get(sub, 0) + amount
+        if group == "c":
+            band_days[band].add(day)
+    acc: list[dict[str, dict[str, int]]] = []
+    active: list[set[int]] = []
+    total: dict[str, dict[str, int]] = {"c": {}, "k": {}, "t": {}, "m": {}}
+    seen: set[int] = set()
+    for i in range(len(spans)):
+        for group, found in bands[i].items():
+            sums = total[group]
+            for sub, amount in found.items():
+                sums[sub] = sums.get(sub, 0) + amount
+        seen |= band_days[i]
+        last = i == len(spans) - 1  # the last window keeps the running sums themselves
+        acc.append(total if last else {g: dict(v) for g, v in total.items()})
+        active.append(seen if last else set(seen))
     windows = []
     for i, days in enumerate(spans):
         types, cats, times, money = acc[i]["c"], acc[i]["k"], acc[i]["t"], acc[i]["m"]
