@@ -16,7 +16,10 @@ of the profile step and reads best on its own.
 # loop per event; one JSON argument is far cheaper to send than dozens of separate ones).
 # Returns {one status letter per event (A applied,
 # R redelivered, D duplicate id, B bot rate, O outside window), the feature hash and the
-# titles (ZRANGE WITHSCORES), each flattened into one string joined by \31, the text}.
+# titles (ZRANGE WITHSCORES), each flattened into one string joined by \31, the state
+# version, the text}. The version (hash field ``_v``) counts the calls that applied an
+# event: a text or RFM rendered from version v is written only while the hash is still at
+# v (``WRITE_LUA``).
 APPLY_LUA = r"""
 local fkey, dkey, tkey, xkey, ikey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local win, catcap, botmax = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -25,13 +28,14 @@ local dmax, kttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local events = cjson.decode(ARGV[8])
 local hl, imax = tonumber(ARGV[9]), tonumber(ARGV[10])
 local digests = ARGV[11]
-local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last', '_ia')
+local meta = redis.call('HMGET', fkey, '_dx', '_rm', '_rn', '_last', '_ia', '_v')
 local anchor = tonumber(meta[5])
 local oldanchor, rescale, iadds, interested = anchor, 1, {}, false
 local dx = tonumber(meta[1]) or -1
 local olddx = dx
 local rm, rn = tonumber(meta[2]) or -1, tonumber(meta[3]) or 0
 local last = tonumber(meta[4]) or -1
+local version = tonumber(meta[6]) or 0
 local cache, changed, wms, status, titles = {}, {}, {}, {}, {}
 local newest, titled, deduped, active = -1, false, false, false
 local dcount = redis.call('ZCARD', dkey)
@@ -137,6 +141,11 @@ for wmf, off in pairs(wms) do
   fields[#fields + 1] = wmf
   fields[#fields + 1] = string.format('%d', off)
 end
+if active then
+  version = version + 1
+  fields[#fields + 1] = '_v'
+  fields[#fields + 1] = string.format('%d', version)
+end
 if interested then
   fields[#fields + 1] = '_ia'
   fields[#fields + 1] = string.format('%d', anchor)
@@ -185,5 +194,26 @@ if active and kttl > 0 then  -- an applied event: every key of the user lives on
 end
 return {table.concat(status), table.concat(redis.call('HGETALL', fkey), '\31'),
         table.concat(redis.call('ZRANGE', tkey, 0, -1, 'WITHSCORES'), '\31'),
-        redis.call('GET', xkey)}
+        string.format('%d', version), redis.call('GET', xkey)}
+"""
+
+# What ingest derives from one user's state, written only if no later call changed the
+# state since (a batch of the same user applied by another consumer after a rebalance, or
+# by a zombie, must not be overwritten by this older rendering). KEYS: features hash, rfm
+# hash, text string. ARGV: the state version the values were rendered from ('*': write
+# unconditionally), key_ttl_s (0: none), the text ('' = unchanged: not written), then the
+# RFM hash's field/value pairs (none: not written). Returns 1 if written, 0 if stale.
+WRITE_LUA = r"""
+local v = ARGV[1]
+if v ~= '*' and (redis.call('HGET', KEYS[1], '_v') or '0') ~= v then return 0 end
+local ttl = tonumber(ARGV[2])
+if #ARGV > 3 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+if ARGV[3] ~= '' then
+  if ttl > 0 then redis.call('SET', KEYS[3], ARGV[3], 'EX', ttl)
+  else redis.call('SET', KEYS[3], ARGV[3]) end
+end
+return 1
 """

@@ -6,7 +6,9 @@ so the Lua script (``feature_script.APPLY_LUA``) touches one Redis Cluster slot)
 - ``features(uid)``       hash, the bucket map of ``features``: field ``<group>:<day>`` ->
   ``"sub=n;sub=n"`` (a few dozen short fields, so Redis keeps it as a compact listpack),
   plus meta fields ``_last`` (newest event ms), ``_dx`` (newest day), ``_rm``/``_rn``
-  (event-time minute and count for the bot rule) and ``_o:<topic crc>:<partition>``
+  (event-time minute and count for the bot rule), ``_v`` (the state version: calls that
+  applied an event; the text and RFM are written only from the current version) and
+  ``_o:<topic crc>:<partition>``
   (highest Kafka offset applied from that partition for this user; "topic" is what the
   caller passes, ingest passes the topic's id, so a recreated topic starts afresh)
 - ``dedup(uid)``          zset, dedup: 8-byte BLAKE2 digests of event ids, score = event
@@ -46,7 +48,7 @@ import itertools
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -56,7 +58,7 @@ import redis
 
 from segstream import redis_scripts
 from segstream.config import Settings
-from segstream.feature_script import APPLY_LUA
+from segstream.feature_script import APPLY_LUA, WRITE_LUA
 from segstream.features import Increment, Rfm, UserState
 from segstream.keys import Keys
 
@@ -86,6 +88,7 @@ class UserResult:
     statuses: str                 # one letter per event, see APPLY_LUA
     state: UserState              # read-only: its buckets are shared (``parse_state``)
     text: str | None              # the stored feature text before this batch's render
+    version: str = "*"            # the state's version (``_v``) that ``state`` shows
 
 
 @dataclass
@@ -168,6 +171,7 @@ class FeatureStore:
         self.cfg = settings.ingest
         self.keys = Keys(settings.redis.key_prefix)
         self._apply = client.register_script(APPLY_LUA)
+        self._write = client.register_script(WRITE_LUA)
         self._loaded = False
         self._half_life_ms = int(settings.interest.half_life_days * 86_400_000)
         # max_items 0: no online interest state, so no item ids, weights or item texts
@@ -253,12 +257,13 @@ class FeatureStore:
         return results
 
     def _result(self, reply: Sequence[bytes | None]) -> UserResult:
-        statuses, raw_hash, raw_titles, text = reply
+        statuses, raw_hash, raw_titles, version, text = reply
         state = parse_state(_split_pairs(raw_hash or b""),
                             ((t, float(sc)) for t, sc in _split_pairs(raw_titles or b"")),
                             shared=True)
         return UserResult((statuses or b"").decode(), state,
-                          text.decode() if text is not None else None)
+                          text.decode() if text is not None else None,
+                          (version or b"0").decode())
 
     def send_apply(self, by_user: dict[str, list[PendingEvent]]) -> InFlight:
         """Send every user's script call now and read the replies later (``collect``).
@@ -350,41 +355,41 @@ class FeatureStore:
             self._seen_items.popitem(last=False)
 
     def store_texts(self, updates: Iterable[tuple[str, str, bool]],
-                    rfm: dict[str, Rfm] | None = None) -> int:
-        """Register new items (``note_item``), write RFM inputs and changed texts, then mark
-        users dirty; returns how many were marked.
+                    rfm: dict[str, Rfm] | None = None,
+                    versions: Mapping[str, str] | None = None) -> int:
+        """Write RFM inputs and changed texts, register new items (``note_item``), then
+        mark users dirty; returns how many were marked.
 
         ``rfm`` holds the users' ``Rfm`` to publish (``Keys.rfm``, with the user TTL).
-        ``updates`` holds ``(user_id, text, mark)``: the text is written (with the user
-        TTL) and the user ``ZADD NX``-ed to the dirty queue when ``mark`` is true. RFM and
-        text are written before the mark, so an encoder that claims the user reads the new
-        text and the segmenter that assigns it reads the new RFM.
+        ``updates`` holds ``(user_id, text, mark)``: the text ('' = unchanged) is written
+        (with the user TTL) and the user ``ZADD NX``-ed to the dirty queue when ``mark`` is
+        true. ``versions`` holds the state version (``UserResult.version``) each user's
+        text and RFM were rendered from: they are written only while the state is still
+        at that version (``WRITE_LUA``), so an older batch finishing late (its consumer
+        lost the partition meanwhile) cannot overwrite a newer one's; a user without a
+        version is written unconditionally. RFM and text are written before the mark, so
+        an encoder that claims the user reads the new text and the segmenter that assigns
+        it reads the new RFM.
         """
         now_ms = int(time.time() * 1000)
         ttl = self.settings.redis.user_ttl_s
+        rfm, versions = rfm or {}, versions or {}
         marked = [(uid, text) for uid, text, mark in updates if mark]
+        texts = {uid: text for uid, text in marked if text}
         if not marked and not rfm and not self._new_items:
             return 0
+        if texts or rfm:
+            keys, writes = self.keys, redis_scripts.ScriptCalls(self.client)
+            for uid in texts.keys() | rfm.keys():
+                fields = rfm[uid].to_fields() if uid in rfm else {}
+                writes.add(self._write, [keys.features(uid), keys.rfm(uid), keys.text(uid)],
+                           [versions.get(uid, "*"), ttl, texts.get(uid, ""),
+                            *itertools.chain.from_iterable(fields.items())])
+            writes.execute()
         pipe = self.client.pipeline(transaction=False)
         items = self._register_items(pipe, now_ms)
-        # plain execute_command: redis-py's hset/set/expire wrappers cost more than the
-        # commands themselves at one of each per user and batch
-        command = pipe.execute_command
-        for uid, values in (rfm or {}).items():
-            key = self.keys.rfm(uid)
-            command("HSET", key, *itertools.chain.from_iterable(values.to_fields().items()))
-            if ttl:
-                command("EXPIRE", key, ttl)
-        if not marked:
-            self._execute(pipe, items)
-            return 0
-        for uid, text in marked:
-            if text:  # '' = the text did not change: only the mark
-                if ttl:
-                    command("SET", self.keys.text(uid), text.encode(), "EX", ttl)
-                else:
-                    command("SET", self.keys.text(uid), text.encode())
-        pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
+        if marked:
+            pipe.zadd(self.keys.dirty(), {uid: now_ms for uid, _ in marked}, nx=True)
         self._execute(pipe, items)
         return len(marked)
 

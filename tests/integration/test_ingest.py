@@ -138,6 +138,8 @@ def test_generated_stream_gives_exact_features(kafka_infra: Settings, unique: st
     assert sample(service, "ingest_dirty_users") == dirty
     text = service.metrics.service.exposition().decode()
     assert 'segstream_ingest_consumer_lag_records{partition="0"} 0.0' in text
+    held = text.count("segstream_ingest_consumer_lag_records{")  # one per held partition
+    assert sample(service, "ingest_assigned_partitions") == held > 0
     assert "segstream_ingest_batch_processing_seconds_count" in text
     assert "user-" not in text  # no user ids in metric labels
 
@@ -243,7 +245,7 @@ def test_crash_between_redis_apply_and_texts_loses_nothing(infra: Settings,
     produce(settings, stream.records())
     crashing = IngestService(settings)
 
-    def crash(_updates: Any, _rfm: Any = None) -> int:
+    def crash(*_args: Any) -> int:
         raise RuntimeError("simulated crash after step 2")
 
     crashing.store.store_texts = crash  # type: ignore[method-assign]
@@ -328,9 +330,9 @@ def test_a_second_consumer_joining_mid_stream_shares_the_partitions_exactly(
     stats: list[Any] = [None, None]
     store_texts = services[0].store.store_texts
 
-    def slow_store_texts(updates: Any, rfm: Any = None) -> int:
+    def slow_store_texts(*args: Any) -> int:
         time.sleep(0.02)  # a slow first member: the stream lasts
-        return store_texts(updates, rfm)
+        return store_texts(*args)
 
     services[0].store.store_texts = slow_store_texts  # type: ignore[method-assign]
 

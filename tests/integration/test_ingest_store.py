@@ -133,3 +133,38 @@ def test_interest_state_is_anchored_rescaled_and_capped(infra: Settings, unique:
     before = store.read_interest("u")
     store.apply({"u": [event(3, "d", BASE_MS + 70 * hl, 0.1)]})
     assert store.read_interest("u") == before
+
+
+def test_a_rendering_of_an_older_state_never_overwrites_a_newer_one(infra: Settings,
+                                                                   unique: str) -> None:
+    """Consumer A applies a batch, loses the partition, and finishes late: B applied the
+    next batch and wrote its text and RFM meanwhile. A's older text and RFM are dropped."""
+    from segstream.features import Rfm
+
+    store = store_for(infra, unique)
+    cfg = store.cfg
+    events = [Event(event_id=f"e{i}", user_id="u", ts_ms=BASE_MS + i * 60_000, type="view",
+                    item_id="i", category="books") for i in range(4)]
+    pending = [PendingEvent(e.event_id, increments(e, cfg), "events", 0, i)
+               for i, e in enumerate(events)]
+
+    def rfm(result: object) -> Rfm:
+        state = result.state  # type: ignore[attr-defined]
+        found = Rfm.of(state, summarize(state, cfg), cfg)
+        assert found is not None
+        return found
+
+    a = store.apply({"u": pending[:2]})["u"]  # A's batch
+    b = store.apply({"u": pending[:4]})["u"]  # B, after the rebalance: 2 redelivered, 2 new
+    assert (a.version, b.version) == ("1", "2") and b.statuses == "RRAA"
+    store.store_texts([("u", "B's text", True)], {"u": rfm(b)}, {"u": b.version})
+    store.store_texts([("u", "A's text", True)], {"u": rfm(a)}, {"u": a.version})  # late
+    assert store.client.get(store.keys.text("u")) == b"B's text"
+    assert store.read_rfm("u") == rfm(b) and rfm(b).last_active_ms == events[3].ts_ms
+    redelivered = store.apply({"u": pending[2:4]})["u"]  # nothing applied: same version
+    assert redelivered.version == "2" and redelivered.statuses == "RR"
+    store.store_texts([("u", "B's text again", True)], {"u": rfm(redelivered)},
+                      {"u": redelivered.version})
+    assert store.client.get(store.keys.text("u")) == b"B's text again"
+    store.store_texts([("u", "no version", True)])  # callers without versions: written
+    assert store.client.get(store.keys.text("u")) == b"no version"

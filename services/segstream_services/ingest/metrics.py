@@ -43,6 +43,10 @@ class IngestMetrics:
         self.lag = m.gauge("ingest_consumer_lag_records",
                            "Records between the committed position and the partition end.",
                            ("partition",))
+        self.assigned = m.gauge(
+            "ingest_assigned_partitions",
+            "Partitions of the events topic this consumer holds (0 in every replica for "
+            "long: nobody reads the topic).")
         self.dirty_users = m.gauge("ingest_dirty_users", "Users waiting in the encoder queue.")
         self.dlq_failures = m.counter(
             "ingest_dlq_produce_failures_total",

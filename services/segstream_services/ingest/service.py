@@ -103,7 +103,10 @@ class IngestService:
            users with applied or redelivered events; write the texts of users whose text
            changed or who had applied events (their interest state moved) and ``ZADD NX``
            them to the dirty queue (also users with redelivered events, whose mark a
-           crash between a text write and its mark could have lost).
+           crash between a text write and its mark could have lost). Texts and RFM are
+           written only while the user's state is at the version they were rendered
+           from: a consumer that lost the partition mid-batch cannot overwrite what the
+           new owner wrote from a later state.
         4. Commit the offsets after the last record of each partition in the batch.
 
         A crash anywhere before 4 redelivers the batch: steps 1-3 are idempotent for the
@@ -239,7 +242,8 @@ class IngestService:
                 m.cleaned.labels(rule=label).inc(n)
         result.users = len(results)
         crashpoints.reached("ingest", 3)
-        result.marked = self.store.store_texts(updates, rfm)                  # step 3
+        versions = {uid: res.version for uid, res in results.items()}
+        result.marked = self.store.store_texts(updates, rfm, versions)        # step 3
         m.dirty_marks.inc(result.marked)
         offsets: dict[TopicPartition, int] = {}  # the next offset to read
         for record in prepared.records:
@@ -264,7 +268,9 @@ class IngestService:
         self._last_gauges = now
         consumer = self._consumer
         self.metrics.lag.clear()  # partitions revoked in a rebalance drop out
-        for tp in consumer.assignment():
+        assignment = consumer.assignment()
+        self.metrics.assigned.set(len(assignment))
+        for tp in assignment:
             high, pos = consumer.highwater(tp), consumer.position(tp)
             if high is not None and pos is not None:  # None: not fetched from yet
                 self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, high - pos))
