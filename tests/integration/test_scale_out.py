@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,16 +118,29 @@ def produce(settings: Settings, records: list[tuple[bytes, bytes | None]]) -> No
 
 
 def encoded_everything(client: redis.Redis, keys: Keys) -> bool:
-    """No user waits or is claimed, and every stored text has its own embedding."""
-    if client.zcard(keys.dirty()) or client.zcard(keys.claims()):
-        return False
+    """Every stored text has its own embedding, and then no user waits or is claimed.
+
+    In this order: the text view writes a user's text fields and then marks them dirty
+    for the recombination, so a check of the queues first could pass in between (on a
+    Redis Cluster the two writes go to different nodes) and read the vector from before."""
     for raw in client.scan_iter(match=f"{keys.prefix}:u:*:text", count=500):
         uid = raw.decode().split("{", 1)[1].rsplit("}", 1)[0]
         text = client.get(raw)
         stored = client.hget(keys.emb(uid), "text_hash")
         if text is None or stored is None or stored.decode() != text_hash(text.decode()):
             return False
-    return True
+    return not client.zcard(keys.dirty()) and not client.zcard(keys.claims())
+
+
+def settled(check: Callable[[], bool], times: int = 3) -> Callable[[], bool]:
+    """``check`` true on ``times`` polls in a row (a quiet pipeline, not a lucky moment)."""
+    streak = [0]
+
+    def poll() -> bool:
+        streak[0] = streak[0] + 1 if check() else 0
+        return streak[0] >= times
+
+    return poll
 
 
 def final_state(settings: Settings) -> dict[str, tuple[str, np.ndarray]]:
@@ -171,7 +184,7 @@ def run_scenario(infra: Settings, name: str, fleet: Fleet, consumers: int, worke
     produce(settings, records[half:])
     wait_until(lambda: committed(settings, PARTITIONS) == len(records), timeout_s=240,
                interval_s=0.2, what=f"{name}: every record consumed and committed")
-    wait_until(lambda: encoded_everything(client, keys), timeout_s=240, interval_s=0.5,
+    wait_until(settled(lambda: encoded_everything(client, keys)), timeout_s=240, interval_s=0.5,
                what=f"{name}: every final text encoded")
     client.close()
     codes = fleet.stop_all()
