@@ -72,12 +72,12 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
     from segstream.offline import TextEmbedder
     from segstream_services.offline.evaluate import (
-        METHOD_KEYS,
         EvalConfig,
         rolling_splits,
         run_eval,
         total_steps,
     )
+    from segstream_services.offline.methods import METHOD_KEYS
     from segstream_services.offline.tables import eval_markdown, eval_table
 
     ks = parse_list(args.k, "--k")

@@ -19,19 +19,21 @@ view are either the settings' values (``DEFAULT_COOC_WEIGHT`` for the last) or, 
 (by mean NDCG@10 over the k values, seed 0); only the splits at or after ``tune_until``
 are reported. The tuning log also holds probes that are never chosen (PCA-reduced
 interest view, segmentations carried forward online) and the baselines on those splits.
+The search and its grid are in ``tuning``, the rows each method clusters in ``eval_data``,
+the method names in ``methods``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import mean, pstdev
 
 import numpy as np
 
-from segstream.baselines import category_matrix, cooccurrence_matrix, kmeans_labels, rfm_matrix
+from segstream.baselines import kmeans_labels
 from segstream.config import IngestSettings, InterestSettings, SegmenterSettings
 from segstream.evaluation import (
     SegmentRecommender,
@@ -42,59 +44,25 @@ from segstream.evaluation import (
     truth,
 )
 from segstream.events import Event
-from segstream.interest import cooccurrence_smoothed, event_weight
 from segstream.offline import (
     TextEmbedder,
-    combine_views,
-    interest_at,
-    item_texts,
-    profiles_at,
     segment_vectors,
-    view_matrix,
 )
 from segstream.segmentation import Observation, SegConfig
+from segstream_services.offline.eval_data import Data, Progress
+from segstream_services.offline.methods import (
+    INTEREST,
+    METHODS,
+    ONLINE,
+    ONLINE_CARRY_DAYS,
+    POP,
+    SEG_PARAMS,
+    SEGSTREAM,
+)
+from segstream_services.offline.tuning import search_size, tune
 
 DAY_MS = 86_400_000
-POP, RFM, COOC, CAT = ("global popularity", "RFM + KMeans", "co-occurrence SVD + KMeans",
-                       "category histogram + KMeans")
-INTEREST, TEXT, COMBO = ("segstream: interest vector", "segstream: feature text",
-                         "segstream: combination")
-SMOOTHED = "segstream: interest + co-occurrence"
-# The interest view as the running segmenter holds it at T: fitted ONLINE_CARRY_DAYS
-# before T and carried forward by its online step (``carried_labels``), not refitted at T.
-ONLINE = "segstream: interest, online (carried 7 d)"
-ONLINE_CARRY_DAYS = 7.0
-METHODS = (POP, RFM, COOC, CAT, INTEREST, TEXT, COMBO, SMOOTHED, ONLINE)
-# The short names ``--methods`` takes.
-METHOD_KEYS = dict(zip(("pop", "rfm", "cooc", "cat", "interest", "text", "combo", "smoothed",
-                        "online"), METHODS, strict=True))
-SEGSTREAM = (INTEREST, TEXT, COMBO, SMOOTHED)
-# The grid searched on the tuning splits (only with tune_until). A text weight of 0 is
-# the interest vector alone.
-HALF_LIVES = (14.0, 60.0, 180.0, 365.0, 0.0)
-CENTRES = (True, False)
-TEXT_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
-# ``SMOOTHED``: the weight of the co-occurrence direction in the item vectors
-# (``interest.cooccurrence_smoothed``); an offline ablation, not yet a setting.
-COOC_WEIGHTS = (0.5, 1.0, 2.0)
-DEFAULT_COOC_WEIGHT = 0.5
-# Probes logged on the tuning splits (never chosen): the interest view reduced by PCA to
-# this many dimensions before clustering, and segmentations carried forward online from
-# the first stability offset (``carried_labels``) instead of refitted; the baselines.
-PROBE_DIMS = (16, 64)
-REFERENCES = (RFM, COOC)
-# The online clusterer's settings that shape the carried step (``SegmenterSettings``);
-# they travel in ``params`` so that a search can vary them. ``carry_passes``: how many
-# ``observe`` steps the carried week is split into (the running segmenter sees the week
-# in many batches; the eval replays the users' vectors at T that many times).
-SEG_PARAMS = ("hysteresis_margin", "half_life_points", "refit_min_gain")
-# Probes of the carried interest view with other segmenter settings (logged, never chosen).
-ONLINE_PROBES: tuple[dict, ...] = (
-    {"hysteresis_margin": 0.0}, {"hysteresis_margin": 0.2}, {"refit_min_gain": 0.0},
-    {"refit_min_gain": 0.02}, {"refit_min_gain": 0.1}, {"carry_passes": 3})
-
-Progress = Callable[[str], None]
-
+DEFAULT_COOC_WEIGHT = 0.5  # ``SMOOTHED``'s co-occurrence weight unless tuned
 
 @dataclass
 class EvalConfig:
@@ -190,101 +158,6 @@ def rolling_splits(events: Sequence[Event], count: int, horizon_days: float) -> 
     return [int(t) for t in np.linspace(first, last, count)]
 
 
-class Data:
-    """Everything seed-independent: per snapshot time the users and each method's rows."""
-
-    def __init__(self, events: Sequence[Event], times: Sequence[int], ingest: IngestSettings,
-                 interest: InterestSettings, embed: TextEmbedder,
-                 progress: Progress | None = None) -> None:
-        self.events = sorted(events, key=lambda e: e.ts_ms)
-        self.stamps = np.asarray([e.ts_ms for e in self.events])
-        self.interest = interest
-        self.embed = embed
-        say = progress or (lambda _msg: None)
-        say("building feature texts")
-        self.profiles = profiles_at(self.events, times, ingest)
-        texts = sorted({p.text for by_user in self.profiles.values() for p in by_user.values()})
-        items = item_texts(self.events, interest.item_text_chars)
-        item_list = sorted(set(items.values()))
-        say(f"embedding {len(item_list):,} item texts and {len(texts):,} feature texts")
-        table = dict(zip(item_list, embed(item_list), strict=True)) if item_list else {}
-        self.item_vectors = {item: table[text] for item, text in items.items()}
-        embed(texts)
-        self.dim = int(embed.encoder.dim)
-        self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
-        self._smoothed: dict[tuple[float, bool, float, int], np.ndarray] = {}
-        self.interest_counts: dict[str, int] = {}
-        self.baselines: dict[int, dict[str, tuple[list[str], np.ndarray]]] = {}
-        say("building baseline matrices")
-        for t in times:
-            history = self.history(t)
-            self.baselines[t] = {RFM: rfm_matrix(history, t), COOC: cooccurrence_matrix(history),
-                                 CAT: category_matrix(history)}
-
-    def history(self, t: int) -> list[Event]:
-        return self.events[:int(np.searchsorted(self.stamps, t, side="left"))]
-
-    def users(self, t: int) -> list[str]:
-        return sorted(self.profiles[t])
-
-    def interest_vectors(self, t: int, half_life: float, center: bool) -> np.ndarray:
-        key = (half_life, center)
-        if key not in self._interest:
-            settings = self.interest.model_copy(update={"half_life_days": half_life,
-                                                        "center_items": center})
-            self._interest[key], counts = interest_at(self.events, sorted(self.profiles),
-                                                      settings, self.item_vectors)
-            if not self.interest_counts:
-                self.interest_counts = counts
-        return view_matrix(self.users(t), self._interest[key][t], self.dim)[0]
-
-    def smoothed_vectors(self, t: int, half_life: float, center: bool, weight: float
-                         ) -> np.ndarray:
-        """Interest vectors at ``t`` over item vectors smoothed by the co-occurrences of
-        the events before ``t`` (recomputed per snapshot, as a periodic job would)."""
-        key = (half_life, center, weight, t)
-        if key not in self._smoothed:
-            history = self.history(t)
-            settings = self.interest.model_copy(update={"half_life_days": half_life,
-                                                        "center_items": center})
-            liked = [e for e in history if event_weight(e, settings) > 0]
-            items = cooccurrence_smoothed(liked, self.item_vectors, weight)
-            by_time, _ = interest_at(history, [t], settings, items)
-            self._smoothed[key] = view_matrix(self.users(t), by_time[t], self.dim)[0]
-        return self._smoothed[key]
-
-    def text_vectors(self, t: int) -> np.ndarray:
-        return self.embed([self.profiles[t][u].text for u in self.users(t)])
-
-    def rows(self, method: str, t: int, params: dict) -> tuple[list[str], np.ndarray]:
-        """The users and the matrix a method clusters at time ``t``."""
-        if method in self.baselines[t]:
-            return self.baselines[t][method]
-        users = self.users(t)
-        center = params.get("center_users", False)
-        if method == TEXT:
-            return users, combine_views([(self.text_vectors(t), 1.0)], center)
-        if method == SMOOTHED:
-            smoothed = self.smoothed_vectors(t, params["half_life_days"],
-                                             params["center_items"], params["cooc_weight"])
-            return users, combine_views([(smoothed, 1.0)], center)
-        inter = self.interest_vectors(t, params["half_life_days"], params["center_items"])
-        if method == INTEREST:
-            return users, reduce_dims(combine_views([(inter, 1.0)], center),
-                                      params.get("dims", 0))
-        return users, combine_views([(inter, 1.0),
-                                     (self.text_vectors(t), params["text_weight"])], center)
-
-
-def reduce_dims(matrix: np.ndarray, dims: int) -> np.ndarray:
-    """The rows projected on their ``dims`` principal components (0: unchanged)."""
-    if dims <= 0 or dims >= min(matrix.shape):
-        return matrix
-    centred = matrix - matrix.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:dims].T
-
-
 def labels_of(data: Data, method: str, t: int, k: int, seed: int, params: dict
               ) -> dict[str, str]:
     if method == ONLINE:  # a fresh fit where the caller asks for none carried (carry 0)
@@ -369,12 +242,6 @@ def _fmt(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
 
 
-def tuning_grid() -> list[tuple[str, dict]]:
-    """The first stage of the search: the interest view's half-life and centring."""
-    return [(INTEREST, {"half_life_days": h, "center_items": c})
-            for h, c in itertools.product(HALF_LIVES, CENTRES)]
-
-
 def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
     """(tuning splits, reported splits)."""
     if config.tune_until_ms is None:
@@ -386,10 +253,8 @@ def plan(config: EvalConfig) -> tuple[list[int], list[int]]:
 
 def total_steps(config: EvalConfig) -> int:
     tuning, report = plan(config)
-    grid = (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS) + len(PROBE_DIMS)
-            + 2 + len(ONLINE_PROBES) + len(REFERENCES))
-    tune = len(tuning) * grid if tuning and config.search else 0
-    return tune + len(report) * len(config.seeds) * len(config.methods)
+    searched = len(tuning) * search_size() if tuning and config.search else 0
+    return searched + len(report) * len(config.seeds) * len(config.methods)
 
 
 def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: InterestSettings,
@@ -416,7 +281,16 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
     params |= {name: getattr(seg, name) for name in SEG_PARAMS}
     tuning_log: list[dict] = []
     if tuning_splits and config.search:
-        chosen, tuning_log = tune(data, tuning_splits, config, tick, params)
+        days = config.stability_days[:1]
+
+        def scored(method: str, candidate: dict) -> dict[int, dict[str, float]]:
+            accs = {k: {method: {0: _Acc()}} for k in config.ks}
+            for split_ms in tuning_splits:
+                _score_split(data, split_ms, config, [method], candidate, [0], config.ks,
+                             accs, days, tick)
+            return {k: accs[k][method][0].result(config) for k in config.ks}
+
+        chosen, tuning_log = tune(scored, days[0], params)
         params |= chosen
     accs = {k: {m: {s: _Acc() for s in config.seeds} for m in config.methods}
             for k in config.ks}
@@ -435,41 +309,3 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
                 seed_result[f"stability_{d:g}d"] = math.nan
     return EvalResult(config, used, tuning_splits, pairs, params, tuning_log,
                       data.interest_counts, methods)
-
-
-def tune(data: Data, splits: Sequence[int], config: EvalConfig, tick: Progress,
-         base: dict | None = None) -> tuple[dict, list[dict]]:
-    """Choose half-life and centring (interest view), then the text weight of the
-    combination (0 = interest alone) and the co-occurrence weight of the smoothed view,
-    each by mean NDCG@10 over ``config.ks`` on the tuning splits, seed 0. Every candidate
-    is logged with its HR, NDCG and stability (``stability_days[0]``) per k; the PCA
-    probes of the interest view and the carried ones (``ONLINE_PROBES``: other segmenter
-    settings) are logged, never chosen."""
-    log: list[dict] = []
-    days = config.stability_days[:1]
-
-    def ndcg(method: str, params: dict) -> float:
-        accs = {k: {method: {0: _Acc()}} for k in config.ks}
-        for split_ms in splits:
-            _score_split(data, split_ms, config, [method], params, [0], config.ks, accs,
-                         days, tick)
-        per_k = {k: accs[k][method][0].result(config) for k in config.ks}
-        value = float(np.mean([r["ndcg"] for r in per_k.values()]))
-        log.append({"method": method, **params, "ndcg": value,
-                    "per_k": {str(k): {m: r[m] for m in ("hr", "ndcg", *(
-                        f"stability_{d:g}d" for d in days))} for k, r in per_k.items()}})
-        return value
-
-    fixed = {name: value for name, value in (base or {}).items() if name in SEG_PARAMS}
-    best = max((fixed | p for _, p in tuning_grid()), key=lambda p: ndcg(INTEREST, p))
-    weight = max(TEXT_WEIGHTS, key=lambda w: ndcg(COMBO, best | {"text_weight": w}))
-    cooc = max(COOC_WEIGHTS, key=lambda w: ndcg(SMOOTHED, best | {"cooc_weight": w}))
-    for dims in PROBE_DIMS:
-        ndcg(INTEREST, best | {"dims": dims})
-    for method, params in ((INTEREST, best), (SMOOTHED, best | {"cooc_weight": cooc})):
-        ndcg(method, params | {"carry_days": days[0]})
-    for probe in ONLINE_PROBES:
-        ndcg(INTEREST, best | {"carry_days": days[0]} | probe)
-    for method in REFERENCES:
-        ndcg(method, {})
-    return best | {"text_weight": weight, "cooc_weight": cooc}, log

@@ -1,0 +1,120 @@
+"""What `segstream eval` clusters: every method's rows per snapshot time, built once and
+shared by every seed, k and split (profiles, item and feature-text vectors, interest
+vectors under each half-life, the baselines' matrices)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from segstream.baselines import category_matrix, cooccurrence_matrix, rfm_matrix
+from segstream.config import IngestSettings, InterestSettings
+from segstream.events import Event
+from segstream.interest import cooccurrence_smoothed, event_weight
+from segstream.offline import (
+    TextEmbedder,
+    combine_views,
+    interest_at,
+    item_texts,
+    profiles_at,
+    view_matrix,
+)
+from segstream_services.offline.methods import CAT, COOC, INTEREST, RFM, SMOOTHED, TEXT
+
+Progress = Callable[[str], None]
+
+
+class Data:
+    """Everything seed-independent: per snapshot time the users and each method's rows."""
+
+    def __init__(self, events: Sequence[Event], times: Sequence[int], ingest: IngestSettings,
+                 interest: InterestSettings, embed: TextEmbedder,
+                 progress: Progress | None = None) -> None:
+        self.events = sorted(events, key=lambda e: e.ts_ms)
+        self.stamps = np.asarray([e.ts_ms for e in self.events])
+        self.interest = interest
+        self.embed = embed
+        say = progress or (lambda _msg: None)
+        say("building feature texts")
+        self.profiles = profiles_at(self.events, times, ingest)
+        texts = sorted({p.text for by_user in self.profiles.values() for p in by_user.values()})
+        items = item_texts(self.events, interest.item_text_chars)
+        item_list = sorted(set(items.values()))
+        say(f"embedding {len(item_list):,} item texts and {len(texts):,} feature texts")
+        table = dict(zip(item_list, embed(item_list), strict=True)) if item_list else {}
+        self.item_vectors = {item: table[text] for item, text in items.items()}
+        embed(texts)
+        self.dim = int(embed.encoder.dim)
+        self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
+        self._smoothed: dict[tuple[float, bool, float, int], np.ndarray] = {}
+        self.interest_counts: dict[str, int] = {}
+        self.baselines: dict[int, dict[str, tuple[list[str], np.ndarray]]] = {}
+        say("building baseline matrices")
+        for t in times:
+            history = self.history(t)
+            self.baselines[t] = {RFM: rfm_matrix(history, t), COOC: cooccurrence_matrix(history),
+                                 CAT: category_matrix(history)}
+
+    def history(self, t: int) -> list[Event]:
+        return self.events[:int(np.searchsorted(self.stamps, t, side="left"))]
+
+    def users(self, t: int) -> list[str]:
+        return sorted(self.profiles[t])
+
+    def interest_vectors(self, t: int, half_life: float, center: bool) -> np.ndarray:
+        key = (half_life, center)
+        if key not in self._interest:
+            settings = self.interest.model_copy(update={"half_life_days": half_life,
+                                                        "center_items": center})
+            self._interest[key], counts = interest_at(self.events, sorted(self.profiles),
+                                                      settings, self.item_vectors)
+            if not self.interest_counts:
+                self.interest_counts = counts
+        return view_matrix(self.users(t), self._interest[key][t], self.dim)[0]
+
+    def smoothed_vectors(self, t: int, half_life: float, center: bool, weight: float
+                         ) -> np.ndarray:
+        """Interest vectors at ``t`` over item vectors smoothed by the co-occurrences of
+        the events before ``t`` (recomputed per snapshot, as a periodic job would)."""
+        key = (half_life, center, weight, t)
+        if key not in self._smoothed:
+            history = self.history(t)
+            settings = self.interest.model_copy(update={"half_life_days": half_life,
+                                                        "center_items": center})
+            liked = [e for e in history if event_weight(e, settings) > 0]
+            items = cooccurrence_smoothed(liked, self.item_vectors, weight)
+            by_time, _ = interest_at(history, [t], settings, items)
+            self._smoothed[key] = view_matrix(self.users(t), by_time[t], self.dim)[0]
+        return self._smoothed[key]
+
+    def text_vectors(self, t: int) -> np.ndarray:
+        return self.embed([self.profiles[t][u].text for u in self.users(t)])
+
+    def rows(self, method: str, t: int, params: dict) -> tuple[list[str], np.ndarray]:
+        """The users and the matrix a method clusters at time ``t``."""
+        if method in self.baselines[t]:
+            return self.baselines[t][method]
+        users = self.users(t)
+        center = params.get("center_users", False)
+        if method == TEXT:
+            return users, combine_views([(self.text_vectors(t), 1.0)], center)
+        if method == SMOOTHED:
+            smoothed = self.smoothed_vectors(t, params["half_life_days"],
+                                             params["center_items"], params["cooc_weight"])
+            return users, combine_views([(smoothed, 1.0)], center)
+        inter = self.interest_vectors(t, params["half_life_days"], params["center_items"])
+        if method == INTEREST:
+            return users, reduce_dims(combine_views([(inter, 1.0)], center),
+                                      params.get("dims", 0))
+        return users, combine_views([(inter, 1.0),
+                                     (self.text_vectors(t), params["text_weight"])], center)
+
+
+def reduce_dims(matrix: np.ndarray, dims: int) -> np.ndarray:
+    """The rows projected on their ``dims`` principal components (0: unchanged)."""
+    if dims <= 0 or dims >= min(matrix.shape):
+        return matrix
+    centred = matrix - matrix.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:dims].T
