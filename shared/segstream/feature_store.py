@@ -43,14 +43,11 @@ one script call, so a crash never leaves half an update.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, cast
 
 import msgspec
@@ -58,14 +55,13 @@ import redis
 
 from segstream import redis_scripts
 from segstream.config import Settings
+from segstream.feature_hash import dedup_member, parse_state, split_pairs, watermark_field
 from segstream.feature_script import APPLY_LUA, WRITE_LUA
 from segstream.features import Increment, Rfm, UserState
 from segstream.keys import Keys
 
 SEEN_ITEMS = 100_000  # items a process remembers having registered
 KEYS_CACHED = 100_000  # users whose script KEYS a store keeps (rebuilt when full)
-BUCKETS_CACHED = 100_000  # distinct bucket values kept parsed (rebuilt when full)
-_BUCKETS: dict[str, dict[str, int]] = {}
 _PAYLOAD = msgspec.json.Encoder()  # UTF-8 JSON, non-ASCII text kept as is
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~4x more to build
@@ -100,66 +96,10 @@ class InFlight:
     conn: Any
 
 
-def dedup_member(event_id: str) -> bytes:
-    """The 8-byte digest stored for an event id (collisions: ~1e-15 per user window)."""
-    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-
-
-@lru_cache(maxsize=4096)
-def watermark_field(topic: str, partition: int) -> str:
-    return f"_o:{zlib.crc32(topic.encode()):08x}:{partition}"
-
-
-def _bucket(value: str) -> dict[str, int]:
-    """A bucket's ``"sub=n;sub=n"`` as a dict, shared with every caller: treat it as
-    read-only. Parsed values are kept (``BUCKETS_CACHED``): a user's older days come back
-    unchanged in every batch."""
-    found = _BUCKETS.get(value)
-    if found is None:
-        found = {}
-        for pair in value.split(";"):
-            sub, _, amount = pair.rpartition("=")
-            if sub:
-                found[sub] = int(amount)
-        if len(_BUCKETS) >= BUCKETS_CACHED:
-            _BUCKETS.clear()
-        _BUCKETS[value] = found
-    return found
-
-
-def parse_state(pairs: Iterable[tuple[str, str]], titles: Iterable[tuple[str, float]],
-                shared: bool = False) -> UserState:
-    """A ``UserState`` from the feature hash's (field, value) pairs and (title, score)s.
-
-    ``shared``: the bucket dicts are the parse cache's own (no copy; for a state that is
-    only read, as ingest's summary of each touched user)."""
-    state = UserState()
-    buckets = state.buckets
-    for key, value in pairs:
-        if key.startswith("_"):
-            if key == "_last":
-                state.last_ts = int(value) if int(value) >= 0 else None
-            elif key == "_dx":
-                state.newest_day = int(value) if int(value) >= 0 else None
-            elif key == "_rm":
-                state.rate_minute = int(value)
-            elif key == "_rn":
-                state.rate_count = int(value)
-            continue
-        buckets[key] = _bucket(value) if shared else _bucket(value).copy()
-    state.titles = {title: int(float(score)) for title, score in titles}
-    return state
-
-
 def _bulk(value: str | int | bytes) -> bytes:
     """One RESP bulk string (what redis-py's packer writes for the same argument)."""
     data = value if isinstance(value, bytes) else str(value).encode()
     return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def _split_pairs(joined: bytes) -> list[tuple[str, str]]:
-    parts = joined.decode().split("\x1f") if joined else []
-    return list(zip(parts[0::2], parts[1::2], strict=True))
 
 
 class FeatureStore:
@@ -258,8 +198,8 @@ class FeatureStore:
 
     def _result(self, reply: Sequence[bytes | None]) -> UserResult:
         statuses, raw_hash, raw_titles, version, text = reply
-        state = parse_state(_split_pairs(raw_hash or b""),
-                            ((t, float(sc)) for t, sc in _split_pairs(raw_titles or b"")),
+        state = parse_state(split_pairs(raw_hash or b""),
+                            ((t, float(sc)) for t, sc in split_pairs(raw_titles or b"")),
                             shared=True)
         return UserResult((statuses or b"").decode(), state,
                           text.decode() if text is not None else None,
