@@ -152,7 +152,10 @@ class IngestSettings(BaseModel):
 
     metrics_port: int = Field(default=9401, ge=0, le=65535)
     group_id: str = Field(default="segstream-ingest", min_length=1)
-    max_poll_records: int = Field(default=500, ge=1, le=10_000)
+    # 2,000: per-batch and per-user work (one Lua call and one summary per user, the
+    # commit) spread over more events: -11 to -33% CPU per record against 500 in
+    # bench_ingest, freshness at 1,000 events/s unchanged (polls return what is there)
+    max_poll_records: int = Field(default=2_000, ge=1, le=10_000)
     poll_timeout_ms: int = Field(default=500, ge=10)
     max_partition_fetch_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
     session_timeout_ms: int = Field(default=10_000, ge=6_000)
