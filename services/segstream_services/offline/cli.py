@@ -18,6 +18,7 @@ from segstream_services.offline.common import (
     parse_time,
 )
 from segstream_services.offline.fit import register_fit as register_fit_command
+from segstream_services.offline.methods import METHOD_KEYS
 from segstream_services.source_args import add_source_args
 
 
@@ -52,8 +53,7 @@ def register(sub: Any, run_sub: Any) -> None:
                    help="segments for every method, e.g. 8,32 (default 8)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     p.add_argument("--methods", metavar="NAME[,NAME...]",
-                   help="report only these rows (default all): pop, rfm, cooc, cat, "
-                   "interest, text, combo, smoothed, online")
+                   help=f"report only these rows (default all): {', '.join(METHOD_KEYS)}")
     p.add_argument("--min-rating", type=float, default=4.0,
                    help="ratings below this are not positive interactions (default 4.0)")
     p.add_argument("--model", metavar="DIR", help="encoder model directory, e.g. a "
@@ -77,7 +77,6 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         run_eval,
         total_steps,
     )
-    from segstream_services.offline.methods import METHOD_KEYS
     from segstream_services.offline.tables import eval_markdown, eval_table
 
     ks = parse_list(args.k, "--k")
