@@ -214,8 +214,10 @@ class IngestService:
         rfm: dict[str, Rfm] = {}
         letters: Counter[str] = Counter()  # status letters, counted once per batch
         texts_changed = 0  # likewise
+        versions: dict[str, str] = {}  # the state version each text and RFM comes from
         cfg = self.cfg
         for uid, res in results.items():
+            versions[uid] = res.version
             statuses = res.statuses
             letters.update(statuses)
             features = summarize(res.state, cfg)
@@ -242,7 +244,6 @@ class IngestService:
                 m.cleaned.labels(rule=label).inc(n)
         result.users = len(results)
         crashpoints.reached("ingest", 3)
-        versions = {uid: res.version for uid, res in results.items()}
         result.marked = self.store.store_texts(updates, rfm, versions)        # step 3
         m.dirty_marks.inc(result.marked)
         offsets: dict[TopicPartition, int] = {}  # the next offset to read
