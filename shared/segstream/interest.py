@@ -284,3 +284,55 @@ def cooccurrence_smoothed(events: Iterable[Event], item_vectors: Mapping[str, np
     mixed = V + weight * co
     norms = np.linalg.norm(mixed, axis=1)
     return {item: mixed[n] / norms[n] for n, item in enumerate(items) if norms[n] > EPS}
+
+
+def cooccurrence_factors(events: Iterable[Event], dims: int = 64, seed: int = 0,
+                         scaled: bool = False) -> dict[str, np.ndarray]:
+    """Each item's collaborative factor from the events given (e.g. those before a
+    snapshot, as a periodic job would compute them): the TruncatedSVD (``dims``
+    components, ``seed``) of the user × item ``log(1 + count) × idf`` matrix, the same
+    weighting as ``baselines.cooccurrence_matrix``; an item's factor is its column of
+    ``components_`` (times the singular values when ``scaled``), zero-padded to ``dims``
+    when fewer components fit. Empty when there are too few users or items for one."""
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+
+    counts: Counter[tuple[str, str]] = Counter((e.user_id, e.item_id) for e in events)
+    users = sorted({u for u, _ in counts})
+    items = sorted({i for _, i in counts})
+    n = min(dims, len(users) - 1, len(items) - 1)
+    if n < 1:
+        return {}
+    u_index = {u: k for k, u in enumerate(users)}
+    i_index = {i: k for k, i in enumerate(items)}
+    cols = np.fromiter((i_index[i] for _, i in counts), dtype=np.int64, count=len(counts))
+    rows = np.fromiter((u_index[u] for u, _ in counts), dtype=np.int64, count=len(counts))
+    tf = sparse.csr_matrix((np.log1p(np.fromiter(counts.values(), dtype=np.float64)),
+                            (rows, cols)), shape=(len(users), len(items)))
+    df = np.bincount(cols, minlength=len(items))
+    svd = TruncatedSVD(n_components=n, random_state=seed).fit(
+        tf @ sparse.diags(np.log(len(users) / df) + 1.0))
+    factors = np.zeros((len(items), dims))
+    factors[:, :n] = svd.components_.T * (svd.singular_values_ if scaled else 1.0)
+    return {item: factors[k] for k, item in enumerate(items)}
+
+
+def hybrid_item_vectors(text_vectors: Mapping[str, np.ndarray],
+                        factors: Mapping[str, np.ndarray], beta: float,
+                        dims: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Item vectors ``concat(unit(text_i), beta * unit(f_i))`` over every item with either
+    part: a missing (or unusable) text vector or factor gives zeros in its part; an item
+    with neither is left out. ``dims`` fixes the (text, factor) parts' lengths (default:
+    the vectors' own, 0 for a part with none). ``InterestAggregator`` then weighs and decays
+    them as usual."""
+    def usable(table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {item: np.asarray(v, dtype=np.float64) / np.linalg.norm(v)
+                for item, v in table.items() if vector_problem(v) is None}
+
+    text, factor = usable(text_vectors), usable(factors)
+    text_dim, factor_dim = dims or (len(next(iter(text.values()))) if text else 0,
+                                    len(next(iter(factor.values()))) if factor else 0)
+    zeros_text, zeros_factor = np.zeros(text_dim), np.zeros(factor_dim)
+    return {item: np.concatenate([text.get(item, zeros_text),
+                                  beta * factor.get(item, zeros_factor)])
+            for item in sorted(text.keys() | factor.keys())}

@@ -11,7 +11,12 @@ import numpy as np
 from segstream.baselines import category_matrix, cooccurrence_matrix, rfm_matrix
 from segstream.config import IngestSettings, InterestSettings
 from segstream.events import Event
-from segstream.interest import cooccurrence_smoothed, event_weight
+from segstream.interest import (
+    cooccurrence_factors,
+    cooccurrence_smoothed,
+    event_weight,
+    hybrid_item_vectors,
+)
 from segstream.offline import (
     TextEmbedder,
     combine_views,
@@ -20,9 +25,18 @@ from segstream.offline import (
     profiles_at,
     view_matrix,
 )
-from segstream_services.offline.methods import CAT, COOC, INTEREST, RFM, SMOOTHED, TEXT
+from segstream_services.offline.methods import (
+    CAT,
+    COOC,
+    HYBRID,
+    INTEREST,
+    RFM,
+    SMOOTHED,
+    TEXT,
+)
 
 Progress = Callable[[str], None]
+FACTOR_DIMS = 64  # ``HYBRID``'s item co-occurrence factors (as the ``COOC`` baseline's SVD)
 
 
 class Data:
@@ -48,6 +62,8 @@ class Data:
         self.dim = int(embed.encoder.dim)
         self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
         self._smoothed: dict[tuple[float, bool, float, int], np.ndarray] = {}
+        self._factors: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
+        self._hybrid: dict[tuple, np.ndarray] = {}
         self.interest_counts: dict[str, int] = {}
         self.baselines: dict[int, dict[str, tuple[list[str], np.ndarray]]] = {}
         say("building baseline matrices")
@@ -88,6 +104,30 @@ class Data:
             self._smoothed[key] = view_matrix(self.users(t), by_time[t], self.dim)[0]
         return self._smoothed[key]
 
+    def factors(self, t: int, scaled: bool) -> dict[str, np.ndarray]:
+        """Item co-occurrence factors from the events before ``t`` (seed 0)."""
+        if (t, scaled) not in self._factors:
+            self._factors[t, scaled] = cooccurrence_factors(self.history(t), FACTOR_DIMS, 0,
+                                                            scaled)
+        return self._factors[t, scaled]
+
+    def hybrid_vectors(self, t: int, half_life: float, center: bool, beta: float,
+                       scaled: bool = False, factors_at: int | None = None) -> np.ndarray:
+        """Interest vectors at ``t`` over the item vectors ``text ⊕ beta · factor``, the
+        factors computed from the events before ``factors_at`` (default ``t``: a job run
+        at the snapshot; earlier: the table a segmenter fitted then still holds)."""
+        at = t if factors_at is None else factors_at
+        key = (half_life, center, beta, scaled, t, at)
+        if key not in self._hybrid:
+            settings = self.interest.model_copy(update={"half_life_days": half_life,
+                                                        "center_items": center})
+            items = hybrid_item_vectors(self.item_vectors, self.factors(at, scaled), beta,
+                                        (self.dim, FACTOR_DIMS))
+            dim = self.dim + FACTOR_DIMS
+            by_time, _ = interest_at(self.history(t), [t], settings, items)
+            self._hybrid[key] = view_matrix(self.users(t), by_time[t], dim)[0]
+        return self._hybrid[key]
+
     def text_vectors(self, t: int) -> np.ndarray:
         return self.embed([self.profiles[t][u].text for u in self.users(t)])
 
@@ -103,6 +143,12 @@ class Data:
             smoothed = self.smoothed_vectors(t, params["half_life_days"],
                                              params["center_items"], params["cooc_weight"])
             return users, combine_views([(smoothed, 1.0)], center)
+        if method == HYBRID:
+            hybrid = self.hybrid_vectors(t, params["half_life_days"], params["center_items"],
+                                         params["hybrid_weight"],
+                                         params.get("hybrid_scaled", False),
+                                         params.get("factors_at"))
+            return users, combine_views([(hybrid, 1.0)], center)
         inter = self.interest_vectors(t, params["half_life_days"], params["center_items"])
         if method == INTEREST:
             return users, reduce_dims(combine_views([(inter, 1.0)], center),

@@ -13,8 +13,9 @@ how much the live segments move (against fresh fits at ``T - d``). HR and NDCG a
 pooled over the user-split pairs; each figure is the mean ± std over seeds.
 
 Tuning discipline: the interest half-life, item centring, the text weight of the
-combination (0: the interest vector alone) and the co-occurrence weight of the smoothed
-view are either the settings' values (``DEFAULT_COOC_WEIGHT`` for the last) or, with
+combination (0: the interest vector alone), the co-occurrence weight of the smoothed
+view and the hybrid view's β are either the settings' values (``DEFAULT_COOC_WEIGHT``,
+``DEFAULT_HYBRID_WEIGHT`` for the last two) or, with
 ``tune_until``, chosen on the splits whose whole truth period ends before ``tune_until``
 (by mean NDCG@10 over the k values, seed 0); only the splits at or after ``tune_until``
 are reported. The tuning log also holds probes that are never chosen (PCA-reduced
@@ -51,6 +52,7 @@ from segstream.offline import (
 from segstream.segmentation import Observation, SegConfig
 from segstream_services.offline.eval_data import Data, Progress
 from segstream_services.offline.methods import (
+    HYBRID,
     INTEREST,
     METHODS,
     ONLINE,
@@ -63,6 +65,9 @@ from segstream_services.offline.tuning import search_size, tune
 
 DAY_MS = 86_400_000
 DEFAULT_COOC_WEIGHT = 0.5  # ``SMOOTHED``'s co-occurrence weight unless tuned
+# ``HYBRID``'s β and factor scaling unless tuned (chosen on both datasets' tuning splits).
+DEFAULT_HYBRID_WEIGHT = 0.5
+DEFAULT_HYBRID_SCALED = False
 
 @dataclass
 class EvalConfig:
@@ -184,7 +189,8 @@ def carried_labels(data: Data, method: str, t: int, k: int, seed: int, params: d
     ``carry_days`` before, then ``carry_passes`` (default 1) ``observe`` steps with every
     user's vector at ``t`` (partial fit, hysteresis against their segment) and a
     maintenance refit (kept only when it lowers the inertia by ``refit_min_gain``); a
-    fresh fit at ``t`` when fewer than ``2 k`` users were there to fit."""
+    fresh fit at ``t`` when fewer than ``2 k`` users were there to fit. ``HYBRID`` keeps
+    the item factors of the fit unless ``refresh_factors``."""
     start = t - int(params["carry_days"] * DAY_MS)
     fresh = params | {"carry_days": 0}
     users, matrix = data.rows(method, start, fresh)
@@ -193,6 +199,8 @@ def carried_labels(data: Data, method: str, t: int, k: int, seed: int, params: d
     fitted = segment_vectors(users, matrix, [""] * len(users), seg_config(k, seed, params),
                              start)
     now = fitted.labels()
+    if method == HYBRID and not params.get("refresh_factors"):
+        fresh = fresh | {"factors_at": start}  # the factor table the centres were fitted on
     users, matrix = data.rows(method, t, fresh)
     for _ in range(max(1, int(params.get("carry_passes", 1)))):
         batch = [Observation(u, matrix[i], "", now.get(u)) for i, u in enumerate(users)]
@@ -276,7 +284,9 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
                     "center_items": interest.center_items,
                     "text_weight": interest.view_weights.get("text", 0.5)
                     / max(interest.view_weights.get("interest", 1.0), 1e-9),
-                    "cooc_weight": DEFAULT_COOC_WEIGHT}
+                    "cooc_weight": DEFAULT_COOC_WEIGHT,
+                    "hybrid_weight": DEFAULT_HYBRID_WEIGHT,
+                    "hybrid_scaled": DEFAULT_HYBRID_SCALED}
     seg = segmenter or SegmenterSettings()
     params |= {name: getattr(seg, name) for name in SEG_PARAMS}
     tuning_log: list[dict] = []

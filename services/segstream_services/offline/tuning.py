@@ -13,7 +13,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from segstream_services.offline.methods import COMBO, COOC, INTEREST, RFM, SEG_PARAMS, SMOOTHED
+from segstream_services.offline.methods import (
+    COMBO,
+    COOC,
+    HYBRID,
+    INTEREST,
+    RFM,
+    SEG_PARAMS,
+    SMOOTHED,
+)
 
 # The grid searched on the tuning splits (only with tune_until). A text weight of 0 is
 # the interest vector alone.
@@ -23,6 +31,10 @@ TEXT_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 # ``SMOOTHED``: the weight of the co-occurrence direction in the item vectors
 # (``interest.cooccurrence_smoothed``); an offline ablation, not yet a setting.
 COOC_WEIGHTS = (0.5, 1.0, 2.0)
+# ``HYBRID``: β, the weight of the unit co-occurrence factor beside the unit text vector
+# in the item vectors, and whether the factors are scaled by the singular values.
+HYBRID_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+HYBRID_SCALED = (False, True)
 # Probes logged on the tuning splits (never chosen): the interest view reduced by PCA to
 # this many dimensions before clustering, and segmentations carried forward online from
 # the first stability offset (``carried_labels``) instead of refitted; the baselines.
@@ -45,15 +57,17 @@ def tuning_grid() -> list[tuple[str, dict]]:
 
 def search_size() -> int:
     """How many candidates ``tune`` scores on each tuning split."""
-    return (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS) + len(PROBE_DIMS)
-            + 2 + len(ONLINE_PROBES) + len(REFERENCES))
+    return (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS)
+            + len(HYBRID_WEIGHTS) * len(HYBRID_SCALED) + len(PROBE_DIMS) + 4
+            + len(ONLINE_PROBES) + len(REFERENCES))
 
 
 def tune(score: Scorer, stability_day: float, base: dict | None = None
          ) -> tuple[dict, list[dict]]:
     """Choose half-life and centring (interest view), then the text weight of the
-    combination (0 = interest alone) and the co-occurrence weight of the smoothed view,
-    each by mean NDCG@10 over the k values. Every candidate is logged with its HR, NDCG
+    combination (0 = interest alone), the co-occurrence weight of the smoothed view and
+    β (and singular-value scaling) of the hybrid view, each by mean NDCG@10 over the k
+    values. Every candidate is logged with its HR, NDCG
     and stability (``stability_day`` apart) per k; the PCA probes of the interest view
     and the carried ones (``ONLINE_PROBES``: other segmenter settings) are logged, never
     chosen. ``base``'s segmenter settings (``SEG_PARAMS``) hold for every candidate."""
@@ -72,13 +86,21 @@ def tune(score: Scorer, stability_day: float, base: dict | None = None
     best = max((fixed | p for _, p in tuning_grid()), key=lambda p: ndcg(INTEREST, p))
     weight = max(TEXT_WEIGHTS, key=lambda w: ndcg(COMBO, best | {"text_weight": w}))
     cooc = max(COOC_WEIGHTS, key=lambda w: ndcg(SMOOTHED, best | {"cooc_weight": w}))
+    hybrid = max((best | {"hybrid_weight": w, "hybrid_scaled": s}
+                  for s, w in itertools.product(HYBRID_SCALED, HYBRID_WEIGHTS)),
+                 key=lambda p: ndcg(HYBRID, p))
     for dims in PROBE_DIMS:
         ndcg(INTEREST, best | {"dims": dims})
     carried = {"carry_days": stability_day}
-    for method, params in ((INTEREST, best), (SMOOTHED, best | {"cooc_weight": cooc})):
+    # HYBRID carried twice: with the factor table of the fit (one basis for the centres and
+    # the users' vectors) and with the factors recomputed at T (a job that ran in between).
+    for method, params in ((INTEREST, best), (SMOOTHED, best | {"cooc_weight": cooc}),
+                           (HYBRID, hybrid), (HYBRID, hybrid | {"refresh_factors": True})):
         ndcg(method, params | carried)
     for probe in ONLINE_PROBES:
         ndcg(INTEREST, best | carried | probe)
     for method in REFERENCES:
         ndcg(method, {})
-    return best | {"text_weight": weight, "cooc_weight": cooc}, log
+    return best | {"text_weight": weight, "cooc_weight": cooc,
+                   "hybrid_weight": hybrid["hybrid_weight"],
+                   "hybrid_scaled": hybrid["hybrid_scaled"]}, log
