@@ -89,7 +89,8 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
     assert min(result["splits_used_ms"]) >= max(result["tuning_splits_ms"]) + 6 * 86_400_000
     best = {}
     smoothed = "segstream: interest + co-occurrence"
-    for method in ("segstream: interest vector", "segstream: combination", smoothed):
+    hybrid = "segstream: interest ⊕ item co-occurrence factors"
+    for method in ("segstream: interest vector", "segstream: combination", smoothed, hybrid):
         rows = [r for r in result["tuning"] if r["method"] == method
                 and not r.get("dims") and not r.get("carry_days")]  # probes are not chosen
         best[method] = max(rows, key=lambda r: r["ndcg"])  # the first of equals, as chosen
@@ -97,6 +98,10 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
         best["segstream: interest vector"]["half_life_days"]
     assert result["chosen"]["text_weight"] == best["segstream: combination"]["text_weight"]
     assert result["chosen"]["cooc_weight"] == best[smoothed]["cooc_weight"]
+    assert result["chosen"]["hybrid_weight"] == best[hybrid]["hybrid_weight"]
+    assert result["chosen"]["hybrid_scaled"] == best[hybrid]["hybrid_scaled"]
+    assert {r["hybrid_scaled"] for r in result["tuning"] if r["method"] == hybrid} == {False,
+                                                                                       True}
     assert 0.0 in {r.get("text_weight") for r in result["tuning"]}  # interest alone competes
     probes = [r for r in result["tuning"] if r.get("carry_days")]
     assert probes and all("stability_7d" in per_k for r in probes for per_k in r["per_k"].values())
@@ -104,6 +109,9 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
     assert {0.0, 0.1} <= {r["refit_min_gain"] for r in probes}
     assert {0.0, 0.2} <= {r["hysteresis_margin"] for r in probes}
     assert any(r.get("carry_passes") == 3 for r in probes)
+    # the hybrid view carried with the fit's item factors and with factors refreshed at T
+    assert {bool(r.get("refresh_factors")) for r in probes if r["method"] == hybrid} == {
+        False, True}
 
 
 def test_eval_reports_only_the_asked_methods_with_the_segmenter_settings(
