@@ -17,7 +17,8 @@ import pytest
 from segstream.config import Settings
 from segstream.kafka_client import KafkaClientError, TopicSpec, kafka_clients
 from segstream.kafka_io import describe
-from segstream_services.ingest.service import DLQ_UNHEALTHY_AFTER, IngestService
+from segstream_services.ingest.dead_letters import DLQ_UNHEALTHY_AFTER
+from segstream_services.ingest.service import IngestService
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,6 @@ Invalid records become dead letters (format and blocking behaviour: ``dead_lette
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -26,13 +25,11 @@ from segstream.interest import event_weight
 from segstream.kafka_client import KafkaClientError, KafkaClients, TopicPartition, kafka_clients
 from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.batch import BatchResult, Cleaned, Prepared, RunStats
-from segstream_services.ingest.dead_letters import dead_letter
+from segstream_services.ingest.dead_letters import DeadLetterSender
 from segstream_services.ingest.metrics import IngestMetrics
 from segstream_services.ingest.topic_ids import TopicIds
 
 log = logging.getLogger("segstream.ingest")
-DLQ_UNHEALTHY_AFTER = 3  # failed dead-letter attempts in a row before /healthz fails
-DLQ_REMEMBER = 100_000  # positions of acknowledged dead letters kept for retries
 STATUS_OUTCOME = {"A": ("applied", ""), "R": ("duplicate", "redelivery"),
                   "D": ("duplicate", "event_id"), "B": ("cleaned", "bot_rate"),
                   "O": ("cleaned", "outside_window")}
@@ -58,9 +55,8 @@ class IngestService:
         self._last_gauges = 0.0
         self._inflight: tuple[Prepared, InFlight | None, float] | None = None
         self._topic_ids = TopicIds(settings.kafka)  # watermarks are per topic incarnation
-        self._dlq_done: dict[tuple[str, int, int], None] = {}  # acknowledged dead letters
-        self._dlq_failed = 0  # failed dead-letter attempts in a row
-        self._dlq_error = ""
+        self.dead_letters = DeadLetterSender(settings.topics.dlq,
+                                             settings.events.dlq_max_value_bytes, self.metrics)
 
     # ---- validation and cleaning (stateless) -------------------------------------------
 
@@ -155,55 +151,12 @@ class IngestService:
                 note_item(checked.item_id, checked.title, checked.category)
         m.valid.inc(valid)
         if dead_letters:
-            self._dead_letter(dead_letters)
+            self.dead_letters.send(dead_letters)
         return prepared
 
-    def _dead_letter(self, dead_letters: list[tuple[Any, str, InvalidEvent]]) -> None:
-        """Produce the dead letters not yet acknowledged (a retried batch sends only the
-        ones that failed) and wait for them; raises ``KafkaClientError`` if any failed."""
-        m = self.metrics
-        sent: list[tuple[tuple[str, int, int], str, Any]] = []
-        failed: KafkaClientError | None = None
-        for record, reason, exc in dead_letters:
-            pos = (record.topic, record.partition, record.offset)
-            if pos in self._dlq_done:
-                continue
-            key, value, headers = dead_letter(record, reason, exc.detail,
-                                              self.settings.events.dlq_max_value_bytes)
-            try:
-                sent.append((pos, reason, self._producer.send(
-                    self.settings.topics.dlq, key=key, value=value, headers=headers)))
-            except KafkaClientError as err:  # refused before sending (e.g. too large)
-                failed = failed or err
-        with contextlib.suppress(KafkaClientError):
-            self._producer.flush()
-        for pos, reason, future in sent:
-            try:
-                future.get(timeout=30)  # raises when the broker did not take it
-            except KafkaClientError as err:
-                failed = failed or err
-                continue
-            self._dlq_done[pos] = None
-            m.dead_lettered.labels(reason=reason).inc()
-        while len(self._dlq_done) > DLQ_REMEMBER:
-            del self._dlq_done[next(iter(self._dlq_done))]
-        if failed is None:
-            self._dlq_failed, self._dlq_error = 0, ""
-            m.dlq_blocked.set(0)
-            return
-        self._dlq_failed += 1
-        self._dlq_error = type(failed).__name__
-        m.dlq_failures.inc()
-        if self._dlq_failed >= DLQ_UNHEALTHY_AFTER:
-            m.dlq_blocked.set(1)
-        raise failed
-
     def dlq_check(self) -> None:
-        """The ``dlq`` health check: fails while dead letters keep failing (the batch
-        holding them is blocked: dropping them would lose records)."""
-        if self._dlq_failed >= DLQ_UNHEALTHY_AFTER:
-            raise InfraError(f"dead-letter produce failed {self._dlq_failed} times in a row "
-                             f"({self._dlq_error}); ingest is blocked on that batch")
+        """The ``dlq`` health check (``DeadLetterSender.check``)."""
+        self.dead_letters.check()
 
     def finish(self, prepared: Prepared, results: dict[str, UserResult],
                commit: Callable[[dict], None]) -> BatchResult:
@@ -304,7 +257,7 @@ class IngestService:
                              f"{exc}") from None
         self._consumer.subscribe([self.settings.topics.events])
         try:
-            self._producer = self.kafka.producer()
+            self._producer = self.dead_letters.producer = self.kafka.producer()
         except KafkaClientError as exc:
             self._consumer.close()
             raise InfraError(f"cannot reach Kafka: {exc}") from None
