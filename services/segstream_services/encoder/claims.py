@@ -182,7 +182,7 @@ class ClaimQueue:
 
         The stream is never trimmed here: the segmenter trims what its group acknowledged,
         and the worker stops claiming while the stream is over ``encoder.stream_maxlen``
-        (``stream_full``), so a slow or stopped segmenter loses nothing."""
+        (``QueueWatch.stream_full``), so a slow or stopped segmenter loses nothing."""
         release = release or []
         if not entries and not release:
             return 0, 0

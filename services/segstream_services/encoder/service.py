@@ -50,6 +50,7 @@ from segstream_services.encoder.claims import Claim, ClaimQueue
 from segstream_services.encoder.items import ItemVectors
 from segstream_services.encoder.language import language_warning
 from segstream_services.encoder.metrics import EncoderMetrics
+from segstream_services.encoder.pressure import QueueWatch
 from segstream_services.encoder.textview import TextView
 from segstream_services.encoder.views import (
     active_views,
@@ -106,10 +107,7 @@ class EncoderWorker:
         self.totals: Counter[str] = Counter()
         self._totals_lock = threading.Lock()
         self._text_at = 0.0  # when the text view last embedded something (monotonic)
-        self._depth_at = 0.0
-        self._stream_at = 0.0
-        self._stream_len = 0
-        self._full = False
+        self.watch = QueueWatch(self.queue, self.metrics, self.cfg.stream_maxlen)
         self.stop_event = threading.Event()
         from segstream_services.rollout.registry import ModelWatcher
 
@@ -147,7 +145,7 @@ class EncoderWorker:
             given = self.queue.give_back(self._in_hand)
             self._in_hand = None
             log.warning("returned %d users of a failed batch to the queue", given)
-        if self.stream_full():
+        if self.watch.stream_full():
             return Claim(0, "", wait_ms=self.cfg.idle_poll_ms)
         if "interest" in self.views:
             self.items.drain()
@@ -229,7 +227,7 @@ class EncoderWorker:
         self.text.queue(due)
         crashpoints.reached("encoder", 3)
         appended, lost = self.queue.complete(claim.token, done, release)
-        self._stream_len += appended  # counted until the next XLEN (see ``stream_full``)
+        self.watch.appended(appended)
         if lost:
             report.outcomes["lost_claim"] += lost
             log.warning("%d claims expired before completion (lease_s=%.0f too short?)",
@@ -268,36 +266,6 @@ class EncoderWorker:
             self.items.counts.clear()
             self.totals.update(report.outcomes)
             self.totals["batches"] += 1
-
-    def stream_full(self, every_s: float = 1.0) -> bool:
-        """Back-pressure: True while the ``embedded`` stream holds ``stream_maxlen`` entries
-        or more (XLEN at most once per ``every_s``, plus the entries this worker appended
-        since, so one worker overshoots by less than one batch); the worker then claims
-        nothing and users wait, coalesced, in the dirty queue until the segmenter catches
-        up."""
-        if time.monotonic() - self._stream_at >= every_s:
-            self._stream_at = time.monotonic()
-            self._stream_len = self.queue.stream_length()
-        n = self._stream_len  # plus what this worker appended since
-        self.metrics.stream_entries.set(n)
-        full = n >= self.cfg.stream_maxlen
-        if full and not self._full:
-            log.warning("the embedded stream holds %d entries (encoder.stream_maxlen=%d): "
-                        "not claiming until the segmenter catches up", n,
-                        self.cfg.stream_maxlen)
-        self._full = full
-        self.metrics.backpressure.set(int(full))
-        return full
-
-    def update_depth(self, every_s: float = 1.0) -> None:
-        """Refresh the queue-depth gauges (at most once per ``every_s``)."""
-        if time.monotonic() - self._depth_at < every_s:
-            return
-        self._depth_at = time.monotonic()
-        dirty, claimed, age = self.queue.depth()
-        self.metrics.queue_depth.labels(queue="dirty").set(dirty)
-        self.metrics.queue_depth.labels(queue="claimed").set(claimed)
-        self.metrics.oldest_dirty_age.set(age)
 
     def stop(self) -> None:
         """Ask ``run`` to return after the batch in hand."""
@@ -353,7 +321,7 @@ class EncoderWorker:
             try:
                 result = self.step()
                 texts = self._text_at > idle_since
-                self.update_depth()
+                self.watch.update_depth()
                 backoff = 0.5
                 self.problem = None
             except (redis.RedisError, InfraError) as exc:  # unreachable, OOM, READONLY, ...
