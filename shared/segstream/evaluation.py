@@ -149,9 +149,9 @@ class RecScores:
     users: int
 
 
-def score(recs: Mapping[str, Sequence[str]], truth_sets: Mapping[str, set[str]],
-          catalogue_size: int, k: int) -> RecScores:
-    """HR@k and NDCG@k over the users in ``truth_sets``, and catalogue coverage."""
+def per_user_scores(recs: Mapping[str, Sequence[str]], truth_sets: Mapping[str, set[str]],
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's hit (0/1) and NDCG@k, in ``truth_sets``' order."""
     hits, ndcgs = [], []
     for user, relevant in truth_sets.items():
         ranked = list(recs.get(user, []))[:k]
@@ -160,13 +160,40 @@ def score(recs: Mapping[str, Sequence[str]], truth_sets: Mapping[str, set[str]],
         ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(relevant), k)))
         hits.append(1.0 if any(gains) else 0.0)
         ndcgs.append(dcg / ideal if ideal else 0.0)
+    return np.asarray(hits), np.asarray(ndcgs)
+
+
+def score(recs: Mapping[str, Sequence[str]], truth_sets: Mapping[str, set[str]],
+          catalogue_size: int, k: int) -> RecScores:
+    """HR@k and NDCG@k over the users in ``truth_sets``, and catalogue coverage."""
+    hits, ndcgs = per_user_scores(recs, truth_sets, k)
     recommended = {item for user in truth_sets for item in list(recs.get(user, []))[:k]}
     return RecScores(
-        hr=float(np.mean(hits)) if hits else 0.0,
-        ndcg=float(np.mean(ndcgs)) if ndcgs else 0.0,
+        hr=float(hits.mean()) if len(hits) else 0.0,
+        ndcg=float(ndcgs.mean()) if len(ndcgs) else 0.0,
         coverage=len(recommended) / catalogue_size if catalogue_size else 0.0,
         users=len(hits),
     )
+
+
+def paired_ratio(method: np.ndarray, reference: np.ndarray, draws: int = 2_000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(method) / mean(reference) over the same users (or user-split pairs), with a
+    paired bootstrap interval: the users are resampled with replacement ``draws`` times
+    and both means taken over each resample. Returns (ratio, low, high); NaN where the
+    reference's mean is 0."""
+    a, b = np.asarray(method, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores need two equal 1-d arrays, got {a.shape} and {b.shape}")
+    if not len(a) or b.mean() == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(a), size=(draws, len(a)))
+    num, den = a[picks].mean(axis=1), b[picks].mean(axis=1)
+    ratios = num[den > 0] / den[den > 0]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(a.mean() / b.mean()), float(low), float(high)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from segstream.baselines import (
 from segstream.evaluation import (
     SegmentRecommender,
     cluster_scores,
+    paired_ratio,
+    per_user_scores,
     popularity_recommendations,
     recommend,
     score,
@@ -61,6 +63,33 @@ def test_hr_ndcg_coverage_by_hand() -> None:
     assert result.hr == pytest.approx(0.5)
     assert result.ndcg == pytest.approx((1 / math.log2(3)) / 2)
     assert result.coverage == pytest.approx(5 / 10)  # x y z p q
+
+
+def test_per_user_scores_are_what_score_averages() -> None:
+    recs = {"a": ["x", "y"], "b": ["z", "w"], "c": []}
+    truth_sets = {"a": {"y"}, "b": {"q"}, "c": {"x"}}
+    hits, ndcgs = per_user_scores(recs, truth_sets, 2)
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+    assert ndcgs[0] == pytest.approx(1 / math.log2(3))  # the hit at rank 2 of 1 relevant
+    s = score(recs, truth_sets, 10, 2)
+    assert s.hr == pytest.approx(hits.mean()) and s.ndcg == pytest.approx(ndcgs.mean())
+
+
+def test_paired_ratio_interval_holds_the_ratio_and_narrows_with_more_users() -> None:
+    rng = np.random.default_rng(3)
+    small_ref = (rng.random(100) < 0.3).astype(float)
+    small = np.maximum(small_ref, (rng.random(100) < 0.1))  # method = reference + extra hits
+    ratio, low, high = paired_ratio(small, small_ref)
+    assert ratio == pytest.approx(small.mean() / small_ref.mean())
+    assert 1.0 <= low <= ratio <= high  # never fewer hits than the reference on any user
+    big_ref = np.tile(small_ref, 20)
+    _, big_low, big_high = paired_ratio(np.tile(small, 20), big_ref)
+    assert big_high - big_low < (high - low) / 2
+    same = paired_ratio(small_ref, small_ref)
+    assert same == (1.0, 1.0, 1.0)
+    assert all(math.isnan(x) for x in paired_ratio(small, np.zeros(100)))
+    with pytest.raises(ValueError, match="equal"):
+        paired_ratio(small, small_ref[:50])
 
 
 def test_segment_popularity_beats_global_popularity_on_two_tastes() -> None:
