@@ -141,7 +141,7 @@ def test_rules_and_dashboard_use_only_exposed_metrics() -> None:
     from segstream_services.segmenter.metrics import REASONS
 
     assert "moved" in REASONS
-    encoder_src = (ROOT / "services" / "segstream_services" / "encoder" / "service.py").read_text()
+    encoder_src = (ROOT / "services" / "segstream_services" / "encoder" / "pressure.py").read_text()
     assert 'queue="dirty"' in encoder_src
 
 

@@ -221,14 +221,17 @@ class _Admin(Admin):
                                                  replication_factor=s.replication,
                                                  config=s.configs)
                                         for s in missing])
-        for future in futures.values():
+        created = []
+        for name, future in futures.items():
             try:
                 future.result()
             except ck.KafkaException as exc:
                 err = exc.args[0]
-                if err.code() != ck.KafkaError.TOPIC_ALREADY_EXISTS:  # created meanwhile
+                if err.code() != ck.KafkaError.TOPIC_ALREADY_EXISTS:
                     raise _error(exc) from None
-        return [s.name for s in missing]
+                continue  # created meanwhile, or listed late by stale metadata
+            created.append(name)
+        return [s.name for s in missing if s.name in created]
 
     def describe(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         topics = self._topics()

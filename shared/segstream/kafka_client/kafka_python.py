@@ -9,7 +9,6 @@ dropped (``_finish_pending_join``), and consumers created the topics they asked 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import warnings
@@ -204,14 +203,17 @@ class _Admin(Admin):
         missing = [s for s in specs if s.name not in self.list_topics()]
         if not missing:
             return []
-        new = [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.configs)
-               for s in missing]
-        try:
-            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile
-                self.a.create_topics(new, validate_only=False)
-        except KafkaError as exc:
-            raise _error(exc) from None
-        return [s.name for s in missing]
+        created = []
+        for s in missing:  # one request each: a refusal names its own topic
+            try:
+                self.a.create_topics([NewTopic(s.name, s.partitions, s.replication,
+                                               topic_configs=s.configs)], validate_only=False)
+            except TopicAlreadyExistsError:
+                continue  # created meanwhile, or listed late by stale metadata
+            except KafkaError as exc:
+                raise _error(exc) from None
+            created.append(s.name)
+        return created
 
     def describe(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         try:
