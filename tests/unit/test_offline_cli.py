@@ -77,6 +77,19 @@ def test_eval_prints_the_table_and_writes_json(events_file: Path, tmp_path: Path
     online = result["results"]["4"]["segstream: interest, online (carried 7 d)"]
     assert -1.0 <= online["stability_2d"]["mean"] <= 1.0  # the row the live segmenter holds
     assert result["chosen"]["half_life_days"] >= 0
+    # each row over each reference baseline on the same pairs, inside its bootstrap interval
+    ratios = result["ratios_vs_reference"]["4"]
+    assert "global popularity" not in ratios
+    interest = ratios["segstream: interest vector"]
+    assert set(interest) == {"RFM + KMeans", "co-occurrence SVD + KMeans"}
+    for ref, by_metric in interest.items():
+        hr = result["results"]["4"]["segstream: interest vector"]["hr"]["mean"]
+        ref_hr = result["results"]["4"][ref]["hr"]["mean"]
+        ratio, low, high = by_metric["hr"]
+        if ref_hr > 0:
+            assert ratio == pytest.approx(hr / ref_hr) and low <= ratio <= high
+    assert ratios["RFM + KMeans"].keys() == {"co-occurrence SVD + KMeans"}
+    assert "ratio to each baseline" in (out / "eval.md").read_text()
 
 
 def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Path) -> None:

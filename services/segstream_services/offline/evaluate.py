@@ -38,6 +38,8 @@ from segstream.baselines import kmeans_labels
 from segstream.config import IngestSettings, InterestSettings, SegmenterSettings
 from segstream.evaluation import (
     SegmentRecommender,
+    paired_ratio,
+    per_user_scores,
     popularity_recommendations,
     score,
     stability,
@@ -58,6 +60,7 @@ from segstream_services.offline.methods import (
     ONLINE,
     ONLINE_CARRY_DAYS,
     POP,
+    REFERENCES,
     SEG_PARAMS,
     SEGSTREAM,
 )
@@ -98,8 +101,13 @@ class _Acc:
     users: int = 0
     coverage: list[float] = field(default_factory=list)
     stability: dict[str, list[float]] = field(default_factory=dict)
+    per_user: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {"hr": [], "ndcg": []})  # each split's users, in order
 
     def add(self, recs: dict, truth_sets: dict, catalogue: int, k: int) -> None:
+        hits, ndcgs = per_user_scores(recs, truth_sets, k)
+        self.per_user["hr"].append(hits)
+        self.per_user["ndcg"].append(ndcgs)
         s = score(recs, truth_sets, catalogue, k)
         self.hits += s.hr * s.users
         self.ndcg += s.ndcg * s.users
@@ -135,6 +143,9 @@ class EvalResult:
     tuning: list[dict]
     interest_counts: dict[str, int]
     methods: dict[int, dict[str, dict[int, dict[str, float]]]]  # k -> method -> seed -> m
+    # k -> method -> reference -> metric -> (ratio, low, high): ``paired_ratios``
+    ratios: dict[int, dict[str, dict[str, dict[str, tuple[float, float, float]]]]] = field(
+        default_factory=dict)
 
     def summary(self, k: int, method: str) -> dict[str, tuple[float, float]]:
         return summarize(self.methods[k][method], metric_names(self.config))
@@ -145,6 +156,7 @@ class EvalResult:
             "tuning_splits_ms": self.tuning_splits, "user_split_pairs": self.users_evaluated,
             "chosen": self.chosen, "tuning": self.tuning,
             "interest_counts": self.interest_counts,
+            "ratios_vs_reference": {str(k): by_method for k, by_method in self.ratios.items()},
             "results": {str(k): {name: {m: {"mean": a, "std": b}
                                         for m, (a, b) in self.summary(k, name).items()}
                                  | {"per_seed": per_seed}
@@ -319,4 +331,29 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
             for d in config.stability_days:
                 seed_result[f"stability_{d:g}d"] = math.nan
     return EvalResult(config, used, tuning_splits, pairs, params, tuning_log,
-                      data.interest_counts, methods)
+                      data.interest_counts, methods, paired_ratios(accs))
+
+
+def paired_ratios(accs: dict[int, dict[str, dict[int, _Acc]]]
+                  ) -> dict[int, dict[str, dict[str, dict[str, tuple[float, float, float]]]]]:
+    """Each method's HR@10 and NDCG@10 over each reference's (``REFERENCES`` present) on
+    the same user-split pairs, each pair's value the mean over seeds, with a 95% paired
+    bootstrap interval over the pairs (``evaluation.paired_ratio``): how far a ratio
+    such as 1.11x could be from the same method on another draw of users."""
+    def pairs(per_seed: dict[int, _Acc], metric: str) -> np.ndarray | None:
+        runs = [np.concatenate(acc.per_user[metric]) for acc in per_seed.values()
+                if acc.per_user[metric]]
+        return np.mean(runs, axis=0) if runs else None
+
+    out: dict[int, dict[str, dict[str, dict[str, tuple[float, float, float]]]]] = {}
+    for k, by_method in accs.items():
+        for ref in (r for r in REFERENCES if r in by_method):
+            for method, per_seed in by_method.items():
+                if method in (ref, POP):
+                    continue
+                for metric in ("hr", "ndcg"):
+                    a, b = pairs(per_seed, metric), pairs(by_method[ref], metric)
+                    if a is not None and b is not None:
+                        out.setdefault(k, {}).setdefault(method, {}).setdefault(ref, {})[
+                            metric] = paired_ratio(a, b)
+    return out

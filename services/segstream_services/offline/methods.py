@@ -24,3 +24,5 @@ SEGSTREAM = (INTEREST, TEXT, COMBO, SMOOTHED, HYBRID)
 # they travel in ``params`` so that a search can vary them. ``carry_passes`` (not a
 # setting): how many ``observe`` steps the eval replays the users' vectors at T in.
 SEG_PARAMS = ("hysteresis_margin", "half_life_points", "refit_min_gain")
+# The baselines segstream's rows are compared with (ratios in ``eval``, tuning probes).
+REFERENCES = (RFM, COOC)

@@ -50,8 +50,26 @@ def eval_table(result: EvalResult) -> Any:
     return table
 
 
+def _ratio(r: tuple[float, float, float]) -> str:
+    ratio, low, high = r
+    return "–" if ratio != ratio else f"{ratio:.2f}× [{low:.2f}, {high:.2f}]"
+
+
+def ratio_rows(result: EvalResult, k: int) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): each method's HR@10 and NDCG@10 over each reference's on the same
+    user-split pairs, with the 95% paired bootstrap interval."""
+    by_method = result.ratios.get(k, {})
+    refs = sorted({ref for per_ref in by_method.values() for ref in per_ref})
+    cols = ["method", *(f"{HEADERS[m]} / {ref}" for ref in refs for m in ("hr", "ndcg"))]
+    rows = [[name, *(_ratio(per_ref[ref][m]) if ref in per_ref else "–"
+                     for ref in refs for m in ("hr", "ndcg"))]
+            for name, per_ref in by_method.items()]
+    return cols, rows
+
+
 def eval_markdown(result: EvalResult) -> str:
-    """The same figures as Markdown tables (one per k) with the chosen parameters."""
+    """The same figures as Markdown tables (one per k) with the chosen parameters, and
+    the ratios to the reference baselines."""
     out = [f"Chosen interest parameters: {result.chosen}", ""]
     for k in result.config.ks:
         cols = ["method", *(_header(m) for m in metric_names(result.config))]
@@ -59,4 +77,11 @@ def eval_markdown(result: EvalResult) -> str:
                 "| " + " | ".join("---" for _ in cols) + " |"]
         out += ["| " + " | ".join(row) + " |" for row in _rows(result, k)]
         out.append("")
+        cols, rows = ratio_rows(result, k)
+        if rows:
+            out += [f"k={k}: ratio to each baseline on the same user-split pairs "
+                    "[95% paired bootstrap interval]", "",
+                    "| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            out.append("")
     return "\n".join(out)

@@ -15,10 +15,9 @@ import numpy as np
 
 from segstream_services.offline.methods import (
     COMBO,
-    COOC,
     HYBRID,
     INTEREST,
-    RFM,
+    REFERENCES,
     SEG_PARAMS,
     SMOOTHED,
 )
@@ -39,7 +38,6 @@ HYBRID_SCALED = (False, True)
 # this many dimensions before clustering, and segmentations carried forward online from
 # the first stability offset (``carried_labels``) instead of refitted; the baselines.
 PROBE_DIMS = (16, 64)
-REFERENCES = (RFM, COOC)
 # Probes of the carried interest view with other segmenter settings (logged, never chosen).
 ONLINE_PROBES: tuple[dict, ...] = (
     {"hysteresis_margin": 0.0}, {"hysteresis_margin": 0.2}, {"refit_min_gain": 0.0},
