@@ -73,6 +73,7 @@ DEFAULT_COOC_WEIGHT = 0.5  # ``SMOOTHED``'s co-occurrence weight unless tuned
 DEFAULT_HYBRID_WEIGHT = 0.5
 DEFAULT_HYBRID_SCALED = True
 
+
 @dataclass
 class EvalConfig:
     split_ms: list[int]
