@@ -56,7 +56,8 @@ def tuning_grid() -> list[tuple[str, dict]]:
 def search_size() -> int:
     """How many candidates ``tune`` scores on each tuning split."""
     return (len(tuning_grid()) + len(TEXT_WEIGHTS) + len(COOC_WEIGHTS)
-            + len(HYBRID_WEIGHTS) * len(HYBRID_SCALED) + len(PROBE_DIMS) + 4
+            + len(HYBRID_WEIGHTS) * len(HYBRID_SCALED) + len(PROBE_DIMS)
+            + 4  # carried: interest, smoothed, hybrid with the fit's and with new factors
             + len(ONLINE_PROBES) + len(REFERENCES))
 
 
@@ -65,10 +66,10 @@ def tune(score: Scorer, stability_day: float, base: dict | None = None
     """Choose half-life and centring (interest view), then the text weight of the
     combination (0 = interest alone), the co-occurrence weight of the smoothed view and
     β (and singular-value scaling) of the hybrid view, each by mean NDCG@10 over the k
-    values. Every candidate is logged with its HR, NDCG
-    and stability (``stability_day`` apart) per k; the PCA probes of the interest view
-    and the carried ones (``ONLINE_PROBES``: other segmenter settings) are logged, never
-    chosen. ``base``'s segmenter settings (``SEG_PARAMS``) hold for every candidate."""
+    values. Every candidate is logged with its HR, NDCG and stability (``stability_day``
+    apart) per k; the PCA probes of the interest view and the carried ones
+    (``ONLINE_PROBES``: other segmenter settings) are logged, never chosen. ``base``'s
+    segmenter settings (``SEG_PARAMS``) hold for every candidate."""
     log: list[dict] = []
     stability = f"stability_{stability_day:g}d"
 
