@@ -61,9 +61,8 @@ class Data:
         embed(texts)
         self.dim = int(embed.encoder.dim)
         self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
-        self._smoothed: dict[tuple[float, bool, float, int], np.ndarray] = {}
         self._factors: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
-        self._hybrid: dict[tuple, np.ndarray] = {}
+        self._derived: dict[tuple, np.ndarray] = {}  # rows over derived item tables
         self.interest_counts: dict[str, int] = {}
         self.baselines: dict[int, dict[str, tuple[list[str], np.ndarray]]] = {}
         say("building baseline matrices")
@@ -78,13 +77,23 @@ class Data:
     def users(self, t: int) -> list[str]:
         return sorted(self.profiles[t])
 
+    def _settings(self, half_life: float, center: bool) -> InterestSettings:
+        return self.interest.model_copy(update={"half_life_days": half_life,
+                                                "center_items": center})
+
+    def _over_items(self, t: int, settings: InterestSettings,
+                    items: dict[str, np.ndarray], dim: int) -> np.ndarray:
+        """Interest vectors at ``t`` from the events before it over the item table
+        ``items`` (one derived from those events, as a periodic job would)."""
+        by_time, _ = interest_at(self.history(t), [t], settings, items)
+        return view_matrix(self.users(t), by_time[t], dim)[0]
+
     def interest_vectors(self, t: int, half_life: float, center: bool) -> np.ndarray:
         key = (half_life, center)
         if key not in self._interest:
-            settings = self.interest.model_copy(update={"half_life_days": half_life,
-                                                        "center_items": center})
             self._interest[key], counts = interest_at(self.events, sorted(self.profiles),
-                                                      settings, self.item_vectors)
+                                                      self._settings(half_life, center),
+                                                      self.item_vectors)
             if not self.interest_counts:
                 self.interest_counts = counts
         return view_matrix(self.users(t), self._interest[key][t], self.dim)[0]
@@ -93,16 +102,13 @@ class Data:
                          ) -> np.ndarray:
         """Interest vectors at ``t`` over item vectors smoothed by the co-occurrences of
         the events before ``t`` (recomputed per snapshot, as a periodic job would)."""
-        key = (half_life, center, weight, t)
-        if key not in self._smoothed:
-            history = self.history(t)
-            settings = self.interest.model_copy(update={"half_life_days": half_life,
-                                                        "center_items": center})
-            liked = [e for e in history if event_weight(e, settings) > 0]
+        key = (SMOOTHED, half_life, center, weight, t)
+        if key not in self._derived:
+            settings = self._settings(half_life, center)
+            liked = [e for e in self.history(t) if event_weight(e, settings) > 0]
             items = cooccurrence_smoothed(liked, self.item_vectors, weight)
-            by_time, _ = interest_at(history, [t], settings, items)
-            self._smoothed[key] = view_matrix(self.users(t), by_time[t], self.dim)[0]
-        return self._smoothed[key]
+            self._derived[key] = self._over_items(t, settings, items, self.dim)
+        return self._derived[key]
 
     def factors(self, t: int, scaled: bool) -> dict[str, np.ndarray]:
         """Item co-occurrence factors from the events before ``t`` (seed 0)."""
@@ -117,16 +123,13 @@ class Data:
         factors computed from the events before ``factors_at`` (default ``t``: a job run
         at the snapshot; earlier: the table a segmenter fitted then still holds)."""
         at = t if factors_at is None else factors_at
-        key = (half_life, center, beta, scaled, t, at)
-        if key not in self._hybrid:
-            settings = self.interest.model_copy(update={"half_life_days": half_life,
-                                                        "center_items": center})
+        key = (HYBRID, half_life, center, beta, scaled, t, at)
+        if key not in self._derived:
             items = hybrid_item_vectors(self.item_vectors, self.factors(at, scaled), beta,
                                         (self.dim, FACTOR_DIMS))
-            dim = self.dim + FACTOR_DIMS
-            by_time, _ = interest_at(self.history(t), [t], settings, items)
-            self._hybrid[key] = view_matrix(self.users(t), by_time[t], dim)[0]
-        return self._hybrid[key]
+            self._derived[key] = self._over_items(t, self._settings(half_life, center), items,
+                                                  self.dim + FACTOR_DIMS)
+        return self._derived[key]
 
     def text_vectors(self, t: int) -> np.ndarray:
         return self.embed([self.profiles[t][u].text for u in self.users(t)])
