@@ -163,15 +163,21 @@ def per_user_scores(recs: Mapping[str, Sequence[str]], truth_sets: Mapping[str, 
     return np.asarray(hits), np.asarray(ndcgs)
 
 
+def coverage(recs: Mapping[str, Sequence[str]], users: Iterable[str], catalogue_size: int,
+             k: int) -> float:
+    """Share of the catalogue that the top-``k`` lists of ``users`` recommend."""
+    recommended = {item for user in users for item in list(recs.get(user, []))[:k]}
+    return len(recommended) / catalogue_size if catalogue_size else 0.0
+
+
 def score(recs: Mapping[str, Sequence[str]], truth_sets: Mapping[str, set[str]],
           catalogue_size: int, k: int) -> RecScores:
     """HR@k and NDCG@k over the users in ``truth_sets``, and catalogue coverage."""
     hits, ndcgs = per_user_scores(recs, truth_sets, k)
-    recommended = {item for user in truth_sets for item in list(recs.get(user, []))[:k]}
     return RecScores(
         hr=float(hits.mean()) if len(hits) else 0.0,
         ndcg=float(ndcgs.mean()) if len(ndcgs) else 0.0,
-        coverage=len(recommended) / catalogue_size if catalogue_size else 0.0,
+        coverage=coverage(recs, truth_sets, catalogue_size, k),
         users=len(hits),
     )
 

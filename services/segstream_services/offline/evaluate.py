@@ -38,10 +38,10 @@ from segstream.baselines import kmeans_labels
 from segstream.config import IngestSettings, InterestSettings, SegmenterSettings
 from segstream.evaluation import (
     SegmentRecommender,
+    coverage,
     paired_ratio,
     per_user_scores,
     popularity_recommendations,
-    score,
     stability,
     temporal_split,
     truth,
@@ -109,11 +109,10 @@ class _Acc:
         hits, ndcgs = per_user_scores(recs, truth_sets, k)
         self.per_user["hr"].append(hits)
         self.per_user["ndcg"].append(ndcgs)
-        s = score(recs, truth_sets, catalogue, k)
-        self.hits += s.hr * s.users
-        self.ndcg += s.ndcg * s.users
-        self.users += s.users
-        self.coverage.append(s.coverage)
+        self.hits += float(hits.sum())
+        self.ndcg += float(ndcgs.sum())
+        self.users += len(hits)
+        self.coverage.append(coverage(recs, truth_sets, catalogue, k))
 
     def result(self, config: EvalConfig) -> dict[str, float]:
         out = {"hr": self.hits / self.users if self.users else math.nan,
