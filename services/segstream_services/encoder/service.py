@@ -58,6 +58,7 @@ from segstream_services.encoder.views import (
     interest_vector,
     state_of,
     vec_hash,
+    view_dims,
 )
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class EncoderWorker:
                 if text is not None and (not current or text_hash_ != text_hash(
                         text.decode("utf-8", errors="replace"))):
                     due[uid] = self.text.due_at(int(text_ms) if text_ms else None, now)
-            vec = combine(views, self.weights, self.encoder.dim)
+            vec = combine(views, self.weights, view_dims(self.encoder))
             if vec is None:
                 report.outcomes["no_vector" if text is not None or use_interest
                                 else "missing_text"] += 1

@@ -5,7 +5,8 @@
   ``v = Σ weight_i · x̃_i`` over the items that have a vector, where ``x̃_i`` is the unit
   item vector minus the catalogue centre, renormalised (``interest.center_items``; as
   ``segstream.interest.InterestAggregator`` does offline), then ``v / |v|``. O(items ·
-  dimension) numpy per user. A NaN or zero result is rejected with its reason; items
+  dimension) numpy per user (under item factors, ``x̃_i`` is ``text ⊕ weight · factor``,
+  see ``segstream.item_factors``). A NaN or zero result is rejected with its reason; items
   without a vector are left out and counted (``interest.fallback = cooccurrence`` is an
   offline rule for now: online such items are always left out, as with ``skip``).
 - **text**: the embedding of the feature text (``textview``), coalesced and rate-limited.
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from segstream.config import ViewName
+from segstream.encoding import Encoder
 from segstream.interest import EPS
 from segstream.keys import Keys
 
@@ -75,20 +77,26 @@ def active_views(weights: Mapping[ViewName, float]) -> list[ViewName]:
     return [v for v in VIEW_ORDER if weights.get(v, 0.0) > 0]
 
 
+def view_dims(encoder: Encoder) -> dict[ViewName, int]:
+    """Each view's length under ``encoder``: the interest view is as long as its item
+    vectors (text, plus the factor part under item factors), the text view its text."""
+    return {"interest": encoder.item_dim, "text": encoder.dim}
+
+
 def combine(views: Mapping[ViewName, np.ndarray | None], weights: Mapping[ViewName, float],
-            dim: int) -> np.ndarray | None:
+            dims: Mapping[ViewName, int]) -> np.ndarray | None:
     """The segmenter's vector: each active view L2-normalised times its weight, in
-    ``VIEW_ORDER``, concatenated (zeros for a view the user lacks); None when the user
-    has none of the active views."""
+    ``VIEW_ORDER``, concatenated (zeros of ``dims[view]`` for a view the user lacks);
+    None when the user has none of the active views."""
     parts, present = [], False
     for name in active_views(weights):
         vec = views.get(name)
         if vec is None:
-            parts.append(np.zeros(dim))
+            parts.append(np.zeros(dims[name]))
             continue
         norm = float(np.linalg.norm(vec))
         if not np.isfinite(norm) or norm <= EPS:
-            parts.append(np.zeros(dim))
+            parts.append(np.zeros(dims[name]))
             continue
         parts.append(weights[name] * np.asarray(vec, dtype=np.float64) / norm)
         present = True

@@ -85,7 +85,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     stability_days = parse_list(args.stability_days, "--stability-days", float)
     ingest = ingest_settings(args, settings)
     given = [parse_time(t) for t in (args.split_time or "").split(",") if t.strip()]
-    tune_until = parse_time(args.tune_until) if args.tune_until else None
+    tune_until = parse_time(args.tune_until, "--tune-until") if args.tune_until else None
     keys = [m.strip() for m in (args.methods or ",".join(METHOD_KEYS)).split(",") if m.strip()]
     unknown = [m for m in keys if m not in METHOD_KEYS]
     if unknown or not keys:

@@ -51,12 +51,13 @@ def load_events(args: argparse.Namespace, settings: Settings) -> tuple[list[Even
     return events, report
 
 
-def parse_time(text: str) -> int:
-    """Epoch ms from an ISO date/time (UTC when no zone is given)."""
+def parse_time(text: str, option: str = "--split-time") -> int:
+    """Epoch ms from an ISO date/time (UTC when no zone is given); a bad one is a one-line
+    error naming ``option``."""
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f"--split-time: not an ISO date or time: {text!r}") from None
+        raise ConfigError(f"{option}: not an ISO date or time: {text!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)

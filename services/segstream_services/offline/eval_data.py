@@ -21,6 +21,7 @@ from segstream.offline import (
     TextEmbedder,
     combine_views,
     interest_at,
+    item_table,
     item_texts,
     profiles_at,
     view_matrix,
@@ -57,9 +58,13 @@ class Data:
         item_list = sorted(set(items.values()))
         say(f"embedding {len(item_list):,} item texts and {len(texts):,} feature texts")
         table = dict(zip(item_list, embed(item_list), strict=True)) if item_list else {}
-        self.item_vectors = {item: table[text] for item, text in items.items()}
+        # the texts' vectors (the derived rows build on them) and what the interest view
+        # uses: the same, or text ⊕ factor under a model directory with item factors
+        self.text_item_vectors = {item: table[text] for item, text in items.items()}
+        self.item_vectors = item_table(embed.encoder, self.text_item_vectors)
         embed(texts)
         self.dim = int(embed.encoder.dim)
+        self.item_dim = int(embed.encoder.item_dim)
         self._interest: dict[tuple[float, bool], dict[int, dict[str, np.ndarray]]] = {}
         self._factors: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
         self._derived: dict[tuple, np.ndarray] = {}  # rows over derived item tables
@@ -96,7 +101,7 @@ class Data:
                                                       self.item_vectors)
             if not self.interest_counts:
                 self.interest_counts = counts
-        return view_matrix(self.users(t), self._interest[key][t], self.dim)[0]
+        return view_matrix(self.users(t), self._interest[key][t], self.item_dim)[0]
 
     def smoothed_vectors(self, t: int, half_life: float, center: bool, weight: float
                          ) -> np.ndarray:
@@ -106,7 +111,7 @@ class Data:
         if key not in self._derived:
             settings = self._settings(half_life, center)
             liked = [e for e in self.history(t) if event_weight(e, settings) > 0]
-            items = cooccurrence_smoothed(liked, self.item_vectors, weight)
+            items = cooccurrence_smoothed(liked, self.text_item_vectors, weight)
             self._derived[key] = self._over_items(t, settings, items, self.dim)
         return self._derived[key]
 
@@ -125,7 +130,7 @@ class Data:
         at = t if factors_at is None else factors_at
         key = (HYBRID, half_life, center, beta, scaled, t, at)
         if key not in self._derived:
-            items = hybrid_item_vectors(self.item_vectors, self.factors(at, scaled), beta,
+            items = hybrid_item_vectors(self.text_item_vectors, self.factors(at, scaled), beta,
                                         (self.dim, FACTOR_DIMS))
             self._derived[key] = self._over_items(t, self._settings(half_life, center), items,
                                                   self.dim + FACTOR_DIMS)

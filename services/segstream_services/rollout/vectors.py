@@ -25,13 +25,14 @@ import redis
 from segstream.config import Settings, ViewName
 from segstream.encoding import Encoder, text_hash, vec_from_bytes, vec_to_bytes
 from segstream.keys import Keys
-from segstream_services.encoder.items import ItemVectors, read_center
+from segstream_services.encoder.items import ItemVectors
 from segstream_services.encoder.views import (
     active_views,
     combine,
     interest_vector,
     state_of,
     vec_hash,
+    view_dims,
 )
 
 Fields = dict[str, bytes | str | int]  # an ``emb`` hash's fields
@@ -93,7 +94,7 @@ class NextVectors:
         """The new model's catalogue centre, read now (None: off or no item)."""
         if not self.center_items:
             return None
-        return read_center(self.client, self.keys, self.encoder.model_version)
+        return self.items.read_center()
 
     def build(self, profiles: dict[str, Profile], center: np.ndarray | None
               ) -> tuple[dict[str, Fields], int]:
@@ -121,7 +122,7 @@ class NextVectors:
                 views["text"] = texts[text]
                 fields.update(text_vec=vec_to_bytes(texts[text]), text_hash=text_hash(text),
                               text_model=version, text_ms=now)
-            vec = combine(views, self.weights, self.encoder.dim)
+            vec = combine(views, self.weights, view_dims(self.encoder))
             if vec is None:
                 continue
             data = vec_to_bytes(vec)

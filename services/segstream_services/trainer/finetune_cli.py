@@ -224,7 +224,7 @@ def cmd_finetune(settings: Settings, args: argparse.Namespace) -> int:
         eval_every=args.eval_every, patience=args.patience, max_steps=args.max_steps,
         seed=args.seed, device=args.device)
     config.check()
-    until = parse_time(args.until) if args.until else None
+    until = parse_time(args.until, "--until") if args.until else None
     ingest = ingest_settings(args, settings)
     configure_threads(args.threads or settings.encoder.torch_threads)
 

@@ -216,8 +216,8 @@ class OnlineSegmenter:
     def refit_by_members(self, batch: list[Observation], now_ms: int) -> list[Assignment]:
         """Refit in a new embedding space (another encoder model): ids follow the members
         (each observation's ``previous`` segment), since old and new centres are not
-        comparable."""
-        X = self._prepare(np.stack([np.asarray(o.vector) for o in batch]))
+        comparable (nor of the same length: a model with item factors is wider)."""
+        X = self._prepare(np.stack([np.asarray(o.vector) for o in batch]), new_space=True)
         if len(X) < self.config.k:
             raise DataError(f"need at least k={self.config.k} users to refit, got {len(X)}")
         self._fit(X, now_ms, origin="refit", previous=[o.previous for o in batch])
@@ -229,11 +229,11 @@ class OnlineSegmenter:
         return events
 
     # ------------------------------------------------------------------ clustering
-    def _prepare(self, X: np.ndarray) -> np.ndarray:
+    def _prepare(self, X: np.ndarray, new_space: bool = False) -> np.ndarray:
         if X.ndim != 2 or not np.isfinite(X).all():
             raise DataError("embeddings must be a finite 2-D array")
         X = X.astype(np.float64)
-        if self.centres is not None and X.shape[1] != self.centres.shape[1]:
+        if not new_space and self.centres is not None and X.shape[1] != self.centres.shape[1]:
             raise DataError(
                 f"embedding dimension {X.shape[1]} != model dimension {self.centres.shape[1]}")
         if self.config.normalise:

@@ -1,0 +1,82 @@
+"""``segstream factors build``: item co-occurrence factors in a model directory.
+
+The directory is the base encoder's (linked) plus ``item_factors.npz``
+(``segstream.item_factors``); ``--model DIR`` (fit, eval) and ``segstream model rollout
+DIR`` (the running services) use it as any model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from segstream.config import Settings
+from segstream.errors import ConfigError
+
+DESCRIPTION = (
+    "Compute each item's co-occurrence factor (TruncatedSVD of the user x item log-tf-idf "
+    "matrix of the events, as the co-occurrence baseline) and write a model directory that "
+    "gives every item the vector concat(unit(text), WEIGHT * unit(factor)). Roll it out with "
+    "`segstream model rollout DIR`; measure it with `segstream eval --model DIR`.")
+
+
+def register_factors(sub: Any) -> None:
+    """Add ``segstream factors build``."""
+    from segstream_services.offline.common import add_window_arg
+    from segstream_services.source_args import add_source_args
+
+    p = sub.add_parser("factors", help="Item co-occurrence factors for the interest view.")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="build")
+    b = verbs.add_parser("build", help="build a model directory with item factors",
+                         description=DESCRIPTION)
+    add_source_args(b)
+    add_window_arg(b)
+    b.add_argument("--until", metavar="TIME", help="use only events before TIME (ISO), e.g. "
+                   "the first split `eval` reports")
+    b.add_argument("--base", metavar="DIR", help="base model directory (default: "
+                   "settings.encoder.model_path, i.e. all-MiniLM-L6-v2)")
+    b.add_argument("--out", metavar="DIR", required=True, help="the new model directory "
+                   "(must not exist, or be empty)")
+    b.add_argument("--dims", type=int, default=64, help="factor dimensions (64)")
+    b.add_argument("--weight", type=float, default=0.5,
+                   help="beta, the factor part's weight beside the unit text vector (0.5)")
+    b.add_argument("--plain", action="store_true", help="factors not scaled by the "
+                   "singular values (scaled is what eval's tuning chose)")
+    b.add_argument("--seed", type=int, default=0, help="SVD seed (0)")
+    b.set_defaults(func=cmd_factors_build)
+
+
+def cmd_factors_build(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from segstream import item_factors
+    from segstream.encoding import Encoder
+    from segstream_services.offline.common import load_events, parse_time
+
+    console = Console(stderr=True)
+    if args.dims < 1:
+        raise ConfigError("--dims must be at least 1")
+    if not args.weight > 0:
+        raise ConfigError("--weight must be > 0")
+    if not Path(args.file).is_file():
+        raise ConfigError(f"no such file: {args.file}")
+    until = parse_time(args.until, "--until") if args.until else None
+    with console.status("reading the base model"):
+        base = Encoder(args.base or settings.encoder.model_path,
+                       name=None if args.base else settings.encoder.model_name)
+    if base.item_factors is not None:
+        raise ConfigError(f"{base.path} already carries item factors: give its base model")
+    with console.status("reading events"):
+        events, report = load_events(args, settings)
+    used = [e for e in events if until is None or e.ts_ms < until]
+    with console.status(f"factorising {len(used):,} events"):
+        factors = item_factors.from_events(
+            used, args.dims, args.weight, not args.plain, args.seed,
+            {"source": str(args.file), "events": len(used), "until": args.until or "-"})
+    out = Path(args.out)
+    item_factors.write_model_dir(base.path, out, factors, base.name, base.model_version)
+    console.print(f"{len(used):,} of {report.rows:,} rows → {len(factors):,} items with a "
+                  f"factor ({factors.dim} dims, weight {factors.weight:g}) in {out}")
+    print(out)
+    return 0
