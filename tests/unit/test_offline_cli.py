@@ -125,6 +125,14 @@ def test_eval_json_goes_to_stdout_and_tuning_uses_earlier_splits(events_file: Pa
     # the hybrid view carried with the fit's item factors and with factors refreshed at T
     assert {bool(r.get("refresh_factors")) for r in probes if r["method"] == hybrid} == {
         False, True}
+    # whether to build an item-factor table: the two refitted bests, said in one line
+    advice, interest = result["item_factors_advice"], best["segstream: interest vector"]
+    assert advice["interest_ndcg"] == interest["ndcg"]
+    assert advice["factors_ndcg"] == best[hybrid]["ndcg"]
+    assert advice["build"] == (best[hybrid]["ndcg"] > interest["ndcg"])
+    assert advice["weight"] == best[hybrid]["hybrid_weight"]
+    line = [x for x in done.stderr.splitlines() if x.startswith("item factors:")]
+    assert len(line) == 1 and ("factors build" in line[0]) == advice["build"], done.stderr
 
 
 def test_eval_reports_only_the_asked_methods_with_the_segmenter_settings(

@@ -65,6 +65,7 @@ class ItemVectors:
         self._n = 0
         self._center: np.ndarray | None = None
         self._center_at = 0.0
+        self._composed: dict[str, np.ndarray] = {}  # item → text ⊕ factor, items with text
 
     # ------------------------------------------------------------------ reading
     def vectors(self, items: Iterable[str]) -> dict[str, np.ndarray]:
@@ -74,7 +75,22 @@ class ItemVectors:
         if self.factors is None:
             return self.text_vectors(items)
         wanted = list(items)
-        return self.factors.compose(wanted, self.text_vectors(wanted), self.encoder.dim)
+        text = self.text_vectors(wanted)
+        out: dict[str, np.ndarray] = {}
+        fresh: list[str] = []
+        for item in wanted:
+            vec = self._composed.get(item) if item in text else None
+            if vec is None:
+                fresh.append(item)
+            else:
+                out[item] = vec
+        if fresh:
+            made = self.factors.compose(fresh, text, self.encoder.dim)
+            out.update(made)
+            if len(self._composed) + len(made) > max(self.cfg.item_cache, len(made)):
+                self._composed.clear()  # bounded like the text cache, rebuilt on demand
+            self._composed.update((i, v) for i, v in made.items() if i in text)
+        return out
 
     def text_vectors(self, items: Iterable[str]) -> dict[str, np.ndarray]:
         """The unit text vectors of ``items`` that have one."""

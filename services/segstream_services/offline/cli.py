@@ -122,6 +122,9 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     Console(width=max(Console().width, 132), stderr=args.json).print(eval_table(result))
     console.print(f"encoder: {embed.encoder.model_version} on {embed.encoder.device}; "
                   f"{len(embed.cache):,} distinct texts embedded; chosen: {result.chosen}")
+    advice = result.factors_advice
+    if advice is not None and embed.encoder.item_factors is None:
+        console.print(factors_line(advice), soft_wrap=True)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,18 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload, indent=2, default=float))
     return 0
+
+
+def factors_line(advice: dict) -> str:
+    """One line on what the tuning splits say of an item-factor table."""
+    figures = (f"interest ⊕ item co-occurrence factors {advice['factors_ndcg']:.4f} vs the "
+               f"interest vector {advice['interest_ndcg']:.4f} mean NDCG@10 on the tuning "
+               "splits")
+    if not advice["build"]:
+        return f"item factors: {figures}; keep the interest vector"
+    return (f"item factors: {figures}; to serve them: segstream factors build FILE ... "
+            f"--weight {advice['weight']:g}{'' if advice['scaled'] else ' --plain'} "
+            "--out DIR, then segstream model rollout DIR")
 
 
 def register_fit(sub: Any) -> None:

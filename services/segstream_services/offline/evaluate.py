@@ -64,7 +64,7 @@ from segstream_services.offline.methods import (
     SEG_PARAMS,
     SEGSTREAM,
 )
-from segstream_services.offline.tuning import search_size, tune
+from segstream_services.offline.tuning import factors_advice, search_size, tune
 
 DAY_MS = 86_400_000
 DEFAULT_COOC_WEIGHT = 0.5  # ``SMOOTHED``'s co-occurrence weight unless tuned
@@ -146,6 +146,7 @@ class EvalResult:
     # k -> method -> reference -> metric -> (ratio, low, high): ``paired_ratios``
     ratios: dict[int, dict[str, dict[str, dict[str, tuple[float, float, float]]]]] = field(
         default_factory=dict)
+    factors_advice: dict | None = None  # ``tuning.factors_advice`` of the tuning log
 
     def summary(self, k: int, method: str) -> dict[str, tuple[float, float]]:
         return summarize(self.methods[k][method], metric_names(self.config))
@@ -156,6 +157,7 @@ class EvalResult:
             "tuning_splits_ms": self.tuning_splits, "user_split_pairs": self.users_evaluated,
             "chosen": self.chosen, "tuning": self.tuning,
             "interest_counts": self.interest_counts,
+            "item_factors_advice": self.factors_advice,
             "ratios_vs_reference": {str(k): by_method for k, by_method in self.ratios.items()},
             "results": {str(k): {name: {m: {"mean": a, "std": b}
                                         for m, (a, b) in self.summary(k, name).items()}
@@ -331,7 +333,8 @@ def run_eval(events: Sequence[Event], ingest: IngestSettings, interest: Interest
             for d in config.stability_days:
                 seed_result[f"stability_{d:g}d"] = math.nan
     return EvalResult(config, used, tuning_splits, pairs, params, tuning_log,
-                      data.interest_counts, methods, paired_ratios(accs))
+                      data.interest_counts, methods, paired_ratios(accs),
+                      factors_advice(tuning_log))
 
 
 def paired_ratios(accs: dict[int, dict[str, dict[int, _Acc]]]

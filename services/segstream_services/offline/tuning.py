@@ -103,3 +103,22 @@ def tune(score: Scorer, stability_day: float, base: dict | None = None
     return best | {"text_weight": weight, "cooc_weight": cooc,
                    "hybrid_weight": hybrid["hybrid_weight"],
                    "hybrid_scaled": hybrid["hybrid_scaled"]}, log
+
+
+def factors_advice(log: list[dict]) -> dict | None:
+    """Whether the tuning splits favour an item-factor table: the best refitted hybrid
+    candidate's mean NDCG@10 against the best refitted interest vector's (probes and
+    carried candidates aside), with the β to build it with (``segstream factors
+    build --weight``). None without both in ``log``."""
+    def refitted(method: str) -> list[dict]:
+        return [e for e in log if e["method"] == method
+                and "dims" not in e and "carry_days" not in e]
+
+    interest, hybrid = refitted(INTEREST), refitted(HYBRID)
+    if not interest or not hybrid:
+        return None
+    base = max(interest, key=lambda e: e["ndcg"])
+    best = max(hybrid, key=lambda e: e["ndcg"])
+    return {"build": best["ndcg"] > base["ndcg"], "interest_ndcg": base["ndcg"],
+            "factors_ndcg": best["ndcg"], "weight": best["hybrid_weight"],
+            "scaled": best["hybrid_scaled"]}
