@@ -174,6 +174,7 @@ def test_interest_vectors_equal_a_recount_and_survive_redelivery(
     assert views["interest"]["items_without_vector"] == 1
     assert views["interest"]["items_in_vector"] == views["interest"]["items_in_state"] - 1
     assert views["interest"]["age_s"] is not None and views["interest"]["age_s"] >= 0
+    assert views["interest"]["model_version"] == encoder.model_version
     assert views["text"]["embedded_at"] is None  # text weight 0: never embedded
 
 

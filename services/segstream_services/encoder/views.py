@@ -106,13 +106,14 @@ def combine(views: Mapping[ViewName, np.ndarray | None], weights: Mapping[ViewNa
 def view_report(client: Any, keys: Keys, user_id: str, weights: Mapping[ViewName, float],
                 now_ms: int) -> dict[str, Any]:
     """The user's views for ``segstream user``: weights, the interest view (items in the
-    state, items in the vector, its age) and the text view (model, when embedded, queued)."""
+    state, items in the vector, its model, its age) and the text view (model, when
+    embedded, queued)."""
     pipe = client.pipeline(transaction=False)
     pipe.zcard(keys.interest(user_id))
     pipe.hmget(keys.emb(user_id), ["interest_ms", "interest_items", "interest_missing",
-                                   "text_model", "text_ms"])
+                                   "text_model", "text_ms", "model_version"])
     pipe.zscore(keys.text_due(), user_id)
-    items, (i_ms, used, missing, t_model, t_ms), due = pipe.execute()
+    items, (i_ms, used, missing, t_model, t_ms, model), due = pipe.execute()
 
     def num(raw: bytes | None) -> int | None:
         return int(raw) if raw is not None and int(raw) > 0 else None
@@ -124,6 +125,9 @@ def view_report(client: Any, keys: Keys, user_id: str, weights: Mapping[ViewName
             "items_in_state": int(items),
             "items_in_vector": num(used) or 0,
             "items_without_vector": num(missing) or 0,
+            # the model the vector was built under; one with item factors (a rollout of
+            # ``segstream factors build``'s directory) makes items text ⊕ factor
+            "model_version": model.decode() if model else None,
             "computed_at": _iso(i_at),
             "age_s": None if i_at is None else round((now_ms - i_at) / 1000, 1)},
         "text": {
