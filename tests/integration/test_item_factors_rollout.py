@@ -21,14 +21,17 @@ from segstream.encoding import Encoder, vec_from_bytes
 from segstream.events import event_from_dict
 from segstream.feature_store import FeatureStore
 from segstream.keys import Keys
-from segstream.segmentation import Observation, OnlineSegmenter, SegConfig
 from segstream_services.encoder.service import EncoderWorker
 from segstream_services.encoder.views import interest_vector
 from segstream_services.rollout.service import Rollout
 from segstream_services.segmenter import store
 from tests.helpers import create_event_topics
 from tests.integration.test_interest_path import drain, ingest, synthetic_events
-from tests.integration.test_rollout import settings  # noqa: F401 - the settings fixture
+from tests.integration.test_rollout import (  # noqa: F401 - the settings fixture
+    assert_live_worker_agrees,
+    segment_live_vectors,
+    settings,
+)
 from tests.unit.test_finetune import tiny_base  # noqa: F401 - the base model fixture
 
 pytestmark = pytest.mark.integration
@@ -54,15 +57,7 @@ def test_a_factor_table_rolls_out_without_reembedding_texts(
     users = sorted({e["user_id"] for e in events})
     old_vecs = {u: redis_conn.hget(keys.emb(u), "vec") for u in users}
     assert all(len(vec_from_bytes(v)) == old.dim for v in old_vecs.values())
-    seg = OnlineSegmenter(SegConfig(k=3, seed=0))
-    seg.model_version = old.model_version
-    got = seg.fit([Observation(u, vec_from_bytes(old_vecs[u])) for u in users], 1)
-    pipe = redis_conn.pipeline(transaction=False)
-    for a in got:
-        pipe.hset(keys.seg(a.key), mapping={"segment_id": a.segment_id,
-                                           "model_version": old.model_version})
-    pipe.hset(keys.seg_state(), mapping={"model": store.encode_model(seg), "rev": 1})
-    pipe.execute()
+    segment_live_vectors(redis_conn, keys, old_vecs, old.model_version)
 
     table = item_factors.from_events(
         [event_from_dict(e, s.events.allowed_types) for e in events], dims=8)
@@ -102,14 +97,7 @@ def test_a_factor_table_rolls_out_without_reembedding_texts(
     assert model.centres is not None and model.centres.shape[1] == new.item_dim
 
     # A live worker on the factor model recomputes every user: nothing changes.
-    worker.swap_encoder(new)
-    after = {u: redis_conn.hget(keys.emb(u), "vec") for u in users}
-    worker.totals.clear()
-    redis_conn.zadd(keys.dirty(), dict.fromkeys(users, 1))
-    drain(worker)
-    assert worker.totals["unchanged"] == len(users) and worker.totals["vector"] == 0
-    assert worker.totals["item_embedded"] == 0
-    assert {u: redis_conn.hget(keys.emb(u), "vec") for u in users} == after
+    assert_live_worker_agrees(worker, new, users)
 
     # Rollback: the text-only vectors and the narrower segmenter state return.
     rollout.rollback()

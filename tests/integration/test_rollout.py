@@ -99,6 +99,38 @@ def _seed(client: redis.Redis, settings: Settings, encoder: Encoder) -> dict[str
     return {a.key: a.segment_id for a in got}
 
 
+def segment_live_vectors(client: redis.Redis, keys: Keys, vecs: dict[str, bytes],
+                         model_version: str, k: int = 3) -> None:
+    """Segments (k, seed 0) fitted on the users' stored vectors, written as the segmenter
+    stores them: each user's segment and the model state."""
+    seg = OnlineSegmenter(SegConfig(k=k, seed=0))
+    seg.model_version = model_version
+    got = seg.fit([Observation(u, vec_from_bytes(v)) for u, v in sorted(vecs.items())], 1)
+    pipe = client.pipeline(transaction=False)
+    for a in got:
+        pipe.hset(keys.seg(a.key), mapping={"segment_id": a.segment_id,
+                                           "model_version": model_version})
+    pipe.hset(keys.seg_state(), mapping={"model": store.encode_model(seg), "rev": 1})
+    pipe.execute()
+
+
+def assert_live_worker_agrees(worker: EncoderWorker, encoder: Encoder, users: list[str]
+                              ) -> None:
+    """A live worker switched to ``encoder`` recomputes every user after a rollout and
+    finds each vector as the rollout left it: nothing re-encoded, nothing rewritten."""
+    from tests.integration.test_interest_path import drain
+
+    client, keys = worker.client, worker.keys
+    worker.swap_encoder(encoder)
+    after = {u: client.hget(keys.emb(u), "vec") for u in users}
+    worker.totals.clear()
+    client.zadd(keys.dirty(), dict.fromkeys(users, 1))
+    drain(worker)
+    assert worker.totals["unchanged"] == len(users) and worker.totals["vector"] == 0
+    assert worker.totals["texts_encoded"] == 0 and worker.totals["item_embedded"] == 0
+    assert {u: client.hget(keys.emb(u), "vec") for u in users} == after
+
+
 def test_rollout_and_rollback(settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
                               tiny_base: Path, tmp_path: Path,  # noqa: F811
                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,15 +281,7 @@ def test_rollout_builds_the_vectors_live_workers_build(
     live_dim = len(active_views(weights)) * old.dim
     old_vecs = {u: redis_conn.hget(keys.emb(u), "vec") for u in users}
     assert all(len(vec_from_bytes(v)) == live_dim for v in old_vecs.values() if v)
-    seg = OnlineSegmenter(SegConfig(k=3, seed=0))
-    seg.model_version = old.model_version
-    got = seg.fit([Observation(u, vec_from_bytes(old_vecs[u])) for u in users], 1)
-    pipe = redis_conn.pipeline(transaction=False)
-    for a in got:
-        pipe.hset(keys.seg(a.key), mapping={"segment_id": a.segment_id,
-                                           "model_version": old.model_version})
-    pipe.hset(keys.seg_state(), mapping={"model": store.encode_model(seg), "rev": 1})
-    pipe.execute()
+    segment_live_vectors(redis_conn, keys, old_vecs, old.model_version)
 
     rollout = Rollout(redis_conn, unique, lambda *_: None, "-", "-", settings=s)
     rollout.start("new", new.model_version, str(tiny_base), old.model_version)
@@ -293,14 +317,7 @@ def test_rollout_builds_the_vectors_live_workers_build(
         assert redis_conn.hget(keys.emb_prev(uid), "vec") == old_vecs[uid]
 
     # A live worker on the new model recomputes every user: nothing changes.
-    worker.swap_encoder(new)
-    after = {u: redis_conn.hget(keys.emb(u), "vec") for u in users}
-    worker.totals.clear()
-    redis_conn.zadd(keys.dirty(), dict.fromkeys(users, 1))
-    drain(worker)
-    assert worker.totals["unchanged"] == len(users) and worker.totals["vector"] == 0
-    assert worker.totals["texts_encoded"] == 0 and worker.totals["item_embedded"] == 0
-    assert {u: redis_conn.hget(keys.emb(u), "vec") for u in users} == after
+    assert_live_worker_agrees(worker, new, users)
 
     # Rollback swaps the vectors back: the old model's live vectors return.
     rollout.rollback()
