@@ -112,6 +112,7 @@ def test_factors_build_then_fit_on_the_directory(events_file: Path,  # noqa: F81
     (("--weight", "0"), "--weight"),
     (("--dims", "0"), "--dims"),
     (("--until", "someday"), "--until"),
+    (("--until", "1990-01-01"), "no event before it"),
 ])
 def test_factors_build_bad_input_is_one_line(events_file: Path, tmp_path: Path,  # noqa: F811
                                              args: tuple[str, ...], fragment: str) -> None:
