@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -134,16 +135,22 @@ def from_events(events: Iterable[Event], dims: int = DEFAULT_DIMS,
 
 
 def write_model_dir(base: Path, out: Path, factors: ItemFactors, base_name: str,
-                    base_version: str) -> None:
-    """A model directory at ``out``: each entry of ``base`` linked (a symlink; the
-    factors file and its note excepted) plus the table and a short note. ``out`` must
-    not exist, or be empty."""
+                    base_version: str, copy: bool = False) -> None:
+    """A model directory at ``out``: each entry of ``base`` linked (a symlink to its
+    resolved path) or, with ``copy``, copied (the factors file and its note excepted),
+    plus the table and a short note. ``out`` must not exist, or be empty."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty directory")
     out.mkdir(parents=True, exist_ok=True)
     for entry in sorted(base.iterdir()):
-        if entry.name not in (FACTORS_FILE, NOTE_FILE):
+        if entry.name in (FACTORS_FILE, NOTE_FILE):
+            continue
+        if not copy:
             (out / entry.name).symlink_to(entry.resolve())
+        elif entry.is_dir():
+            shutil.copytree(entry, out / entry.name)
+        else:
+            shutil.copy2(entry, out / entry.name)
     factors.meta.update(base_name=base_name, base_version=base_version)
     factors.save(out)
     (out / NOTE_FILE).write_text(

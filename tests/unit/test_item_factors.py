@@ -73,10 +73,12 @@ def test_the_encoder_of_a_factor_directory_keeps_the_base_text_version(tmp_path:
     base = Encoder(default_model_path(), device="cpu", dtype="float32")
     assert base.item_factors is None and base.text_version == base.model_version
     versions = set()
-    for weight in (0.5, 1.0):
+    for weight, copy in ((0.5, False), (1.0, True)):  # linked, then copied
         out = tmp_path / f"w{weight}"
         table = item_factors.from_events(baskets(), dims=3, weight=weight)
-        item_factors.write_model_dir(base.path, out, table, base.name, base.model_version)
+        item_factors.write_model_dir(base.path, out, table, base.name, base.model_version,
+                                     copy=copy)
+        assert (out / "config.json").is_symlink() != copy
         enc = Encoder(out, device="cpu", dtype="float32")
         assert enc.item_factors is not None and enc.item_factors.weight == weight
         assert enc.text_version == base.model_version  # item texts are not re-embedded

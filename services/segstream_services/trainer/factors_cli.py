@@ -37,6 +37,8 @@ def register_factors(sub: Any) -> None:
                    "settings.encoder.model_path, i.e. all-MiniLM-L6-v2)")
     b.add_argument("--out", metavar="DIR", required=True, help="the new model directory "
                    "(must not exist, or be empty)")
+    b.add_argument("--copy", action="store_true", help="copy the base model's files into "
+                   "DIR instead of linking them (a directory that outlives the base's path)")
     b.add_argument("--dims", type=int, default=DEFAULT_DIMS,
                    help=f"factor dimensions ({DEFAULT_DIMS})")
     b.add_argument("--weight", type=float, default=DEFAULT_WEIGHT, help="beta, the factor "
@@ -79,7 +81,8 @@ def cmd_factors_build(settings: Settings, args: argparse.Namespace) -> int:
             {"source": str(args.file), "events": len(used), "until": args.until or "-"})
     with console.status("reading the base model"):
         base = Encoder(base_dir, name=None if args.base else settings.encoder.model_name)
-    item_factors.write_model_dir(base.path, out, factors, base.name, base.model_version)
+    item_factors.write_model_dir(base.path, out, factors, base.name, base.model_version,
+                                 copy=args.copy)
     console.print(f"{len(used):,} of {report.rows:,} rows → {len(factors):,} items with a "
                   f"factor ({factors.dim} dims, weight {factors.weight:g}) in {out}")
     print(out)
