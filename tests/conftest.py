@@ -34,10 +34,37 @@ def infra() -> Iterator[Settings]:
 
 
 @pytest.fixture
-def unique(request: pytest.FixtureRequest) -> str:
-    """A name unique to this test run: use it for topics, groups and key prefixes."""
+def unique(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A name unique to this test run: use it for topics, groups and key prefixes. When
+    the test reached the local Redis (``infra``), the keys under that prefix are deleted
+    afterwards, so runs on one machine (the local Redis keeps an AOF) do not pile up."""
     name = request.node.name.replace("[", "-").replace("]", "").lower()
-    return f"t-{name[:40]}-{uuid.uuid4().hex[:8]}"
+    prefix = f"t-{name[:40]}-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    if "infra" in request.fixturenames:
+        drop_prefix(request.getfixturevalue("infra"), prefix)
+
+
+def drop_prefix(settings: Settings, prefix: str) -> int:
+    """Delete every key of the local Redis under ``prefix`` (``<prefix>:…`` and the
+    hash-tagged ``{<prefix>:…}…``); returns how many. An unreachable Redis deletes none."""
+    client = redis_client(settings.redis)
+    dropped = 0
+    try:
+        for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
+            batch = []
+            for key in client.scan_iter(match=pattern, count=1_000):
+                batch.append(key)
+                if len(batch) == 500:
+                    dropped += int(client.unlink(*batch))
+                    batch = []
+            if batch:
+                dropped += int(client.unlink(*batch))
+    except redis.RedisError:
+        return dropped
+    finally:
+        client.close()
+    return dropped
 
 
 @pytest.fixture
