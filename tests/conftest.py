@@ -46,25 +46,17 @@ def unique(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def drop_prefix(settings: Settings, prefix: str) -> int:
-    """Delete every key of the local Redis under ``prefix`` (``<prefix>:…`` and the
-    hash-tagged ``{<prefix>:…}…``); returns how many. An unreachable Redis deletes none."""
+    """``tests.helpers.delete_prefix`` on the local Redis; an unreachable Redis deletes
+    none."""
+    from tests.helpers import delete_prefix
+
     client = redis_client(settings.redis)
-    dropped = 0
     try:
-        for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
-            batch = []
-            for key in client.scan_iter(match=pattern, count=1_000):
-                batch.append(key)
-                if len(batch) == 500:
-                    dropped += int(client.unlink(*batch))
-                    batch = []
-            if batch:
-                dropped += int(client.unlink(*batch))
+        return delete_prefix(client, prefix)
     except redis.RedisError:
-        return dropped
+        return 0
     finally:
         client.close()
-    return dropped
 
 
 @pytest.fixture

@@ -87,3 +87,19 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
     h = (h * m) & mask
     h ^= h >> 15
     return (h & 0x7FFFFFFF) % partitions
+
+
+def delete_prefix(client: Any, prefix: str) -> int:
+    """Delete every key under ``prefix`` (``<prefix>:…`` and the hash-tagged
+    ``{<prefix>:…}…``; tests share one Redis); returns how many."""
+    deleted = 0
+    for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
+        batch = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.delete(*batch))
+                batch = []
+        if batch:
+            deleted += int(client.delete(*batch))
+    return deleted

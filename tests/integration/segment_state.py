@@ -64,16 +64,3 @@ def write_state(client: redis.Redis, prefix: str, members: dict[str, Iterable[st
                 pipe.zadd(keys.seg_members(sid), dict.fromkeys(chunk, 0))
                 pipe.execute()
                 chunk = []
-
-
-def delete_state(client: redis.Redis, prefix: str) -> None:
-    """Remove every key under ``prefix`` (tests share one Redis)."""
-    for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
-        batch = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.delete(*batch)
-                batch = []
-        if batch:
-            client.delete(*batch)

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from segstream.config import Settings
-from tests.helpers import wait_until
-from tests.integration.segment_state import delete_state, write_state
+from tests.helpers import delete_prefix, wait_until
+from tests.integration.segment_state import write_state
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token-for-the-api-test"
@@ -66,7 +66,7 @@ def state(redis_conn: redis.Redis, unique: str) -> Iterator[dict[str, list[str]]
     members = {"s1": [f"user-{i:05d}" for i in range(MEMBERS)], "s2": ["x1", "x2", "ü-3"]}
     write_state(redis_conn, unique, members)
     yield members
-    delete_state(redis_conn, unique)
+    delete_prefix(redis_conn, unique)
 
 
 @pytest.fixture

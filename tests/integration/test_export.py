@@ -15,7 +15,8 @@ import redis
 from segstream.keys import Keys
 from segstream_services.cli import main as cli_main
 from segstream_services.segmenter.audience import member_sets
-from tests.integration.segment_state import delete_state, write_state
+from tests.helpers import delete_prefix
+from tests.integration.segment_state import write_state
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ def prefix(redis_conn: redis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
     write_state(redis_conn, unique, {"s1": [f"u{i}" for i in range(2_345)],
                                      "s2": ["a,b", 'quote"d', "用户"]})
     yield unique
-    delete_state(redis_conn, unique)
+    delete_prefix(redis_conn, unique)
 
 
 def _pairs(rows: list[dict[str, str]]) -> list[tuple[str, str]]:

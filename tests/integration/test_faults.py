@@ -151,7 +151,7 @@ def test_a_vanished_consumer_group_is_recreated_not_looped_on(
 def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
         settings: Settings, redis_conn: redis.Redis, kafka: KafkaClients,
         running: list[tuple[Any, threading.Thread]]) -> None:
-    from tests.integration.segment_state import delete_state
+    from tests.helpers import delete_prefix
 
     keys = Keys(settings.redis.key_prefix)
     rng = np.random.default_rng(5)
@@ -168,7 +168,7 @@ def test_after_redis_lost_the_state_segment_ids_continue_and_the_loss_is_raised(
     before = {k.decode() for k in redis_conn.hkeys(keys.seg_catalog())}
     first.stop()
     running[0][1].join(15)
-    delete_state(redis_conn, settings.redis.key_prefix)  # Redis comes back empty
+    delete_prefix(redis_conn, settings.redis.key_prefix)  # Redis comes back empty
 
     after = start_segmenter(settings, kafka, "after", running)
     for i in range(30):
