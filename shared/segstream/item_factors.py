@@ -76,18 +76,13 @@ class ItemFactors:
 
     def compose(self, items: Iterable[str], text_vectors: Mapping[str, np.ndarray],
                 text_dim: int) -> dict[str, np.ndarray]:
-        """``concat(unit(text), weight · factor)`` for each of ``items`` that has a text
-        vector or a factor (the other part zeros); items with neither are left out."""
-        out: dict[str, np.ndarray] = {}
-        for item in items:
-            text, factor = text_vectors.get(item), self.factor(item)
-            if text is None and factor is None:
-                continue
-            head = np.zeros(text_dim) if text is None else \
-                np.asarray(text, dtype=np.float64) / max(float(np.linalg.norm(text)), EPS)
-            tail = np.zeros(self.dim) if factor is None else self.weight * factor
-            out[item] = np.concatenate([head, tail])
-        return out
+        """``interest.hybrid_item_vectors`` over ``items`` only: ``concat(unit(text),
+        weight · factor)`` for each that has a text vector or a factor (the other part
+        zeros); items with neither are left out."""
+        wanted = set(items)
+        factors = {i: f for i in wanted if (f := self.factor(i)) is not None}
+        texts = {i: v for i, v in text_vectors.items() if i in wanted}
+        return hybrid_item_vectors(texts, factors, self.weight, (text_dim, self.dim))
 
     def apply(self, text_vectors: Mapping[str, np.ndarray], text_dim: int
               ) -> dict[str, np.ndarray]:
