@@ -129,13 +129,19 @@ def from_events(events: Iterable[Event], dims: int = DEFAULT_DIMS,
                        {"dims": dims, "scaled": scaled, "seed": seed, **(meta or {})})
 
 
+def require_empty_dir(out: Path, label: str | None = None) -> None:
+    """A ``ConfigError`` (naming ``label``, default the path) unless ``out`` is missing
+    or an empty directory: where ``write_model_dir`` may write."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{label or out}: exists and is not an empty directory")
+
+
 def write_model_dir(base: Path, out: Path, factors: ItemFactors, base_name: str,
                     base_version: str, copy: bool = False) -> None:
     """A model directory at ``out``: each entry of ``base`` linked (a symlink to its
     resolved path) or, with ``copy``, copied (the factors file and its note excepted),
     plus the table and a short note. ``out`` must not exist, or be empty."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty directory")
+    require_empty_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     for entry in sorted(base.iterdir()):
         if entry.name in (FACTORS_FILE, NOTE_FILE):

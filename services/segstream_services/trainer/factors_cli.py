@@ -68,8 +68,7 @@ def cmd_factors_build(settings: Settings, args: argparse.Namespace) -> int:
     if (base_dir / item_factors.FACTORS_FILE).exists():
         raise ConfigError(f"{base_dir} already carries item factors: give its base model")
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out}: exists and is not an empty directory")
+    item_factors.require_empty_dir(out, f"--out {out}")
     with console.status("reading events"):
         events, report = load_events(args, settings)
     used = [e for e in events if until is None or e.ts_ms < until]
