@@ -137,19 +137,28 @@ def _pooling_mode(config: dict, where: Path) -> PoolingMode:
 def content_hash(root: Path, exclude: str | None = None) -> str:
     """A hash of every file in the model directory except documentation and ``exclude``
     (a top-level file name), 12 hex chars."""
-    digest = hashlib.blake2b(digest_size=16)
+    return content_hashes(root, exclude)[1]
+
+
+def content_hashes(root: Path, exclude: str | None = None) -> tuple[str, str]:
+    """``(content_hash(root), content_hash(root, exclude))`` in one read of the files."""
+    whole, rest = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
     files = sorted(Path(top, name) for top, _, names in os.walk(root, followlinks=True)
                    for name in names)  # linked folders too (``segstream factors build``)
     for path in files:
         rel = path.relative_to(root).as_posix()
-        if _DOC_FILES.search(rel) or rel == exclude:
+        if _DOC_FILES.search(rel):
             continue
-        digest.update(rel.encode() + b"\0")
+        digests = (whole,) if rel == exclude else (whole, rest)
+        for digest in digests:
+            digest.update(rel.encode() + b"\0")
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()[:12]
+                for digest in digests:
+                    digest.update(chunk)
+        for digest in digests:
+            digest.update(b"\0")
+    return whole.hexdigest()[:12], rest.hexdigest()[:12]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -243,12 +252,13 @@ class Encoder:
         self.item_factors = item_factors.load(root)
         suffix = (f"-len{self.max_length}" if max_length and max_length != (
             st_max_len or native_max) else "") + ("-int8" if quantize_int8 else "")
-        self.model_version = f"{self.name}-{content_hash(root)}{suffix}"
+        whole, text_only = content_hashes(root, exclude=item_factors.FACTORS_FILE)
+        self.model_version = f"{self.name}-{whole}{suffix}"
         # what the transformer alone gives: item texts' vectors are stored under it, so a
         # new factor table (same transformer) re-embeds nothing
         self.text_version = self.model_version if self.item_factors is None else (
             f"{self.item_factors.meta.get('base_name', self.name)}-"
-            f"{content_hash(root, exclude=item_factors.FACTORS_FILE)}{suffix}")
+            f"{text_only}{suffix}")
         # an item's vector: the text embedding, then the factor part when there is one
         self.item_dim = self.dim + (self.item_factors.dim if self.item_factors else 0)
         log.info("encoder %s loaded in %.1fs on %s (%s, pooling %s%s, max_length %d)",
