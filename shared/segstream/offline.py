@@ -185,11 +185,19 @@ def view_matrix(users: Sequence[str], vectors: Mapping[str, np.ndarray], dim: in
     return out, missing
 
 
+def cache_file_name(encoder: Encoder) -> str:
+    """``<text_version>-<device>-<dtype>.npz``: the vectors of one model computed one way."""
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    return f"{encoder.text_version}-{encoder.device.type}-{dtype}.npz"
+
+
 class TextEmbedder:
     """Embeds texts once each: identical texts (common across users and splits) share a row.
 
-    With ``cache_dir``, vectors persist in ``<cache_dir>/<model_version>.npz`` across runs
-    (``save``), so a model embeds each item and feature text once.
+    With ``cache_dir``, vectors persist in ``<cache_dir>/<text_version>-<device>-<dtype>.npz``
+    across runs (``save``), so a model embeds each item and feature text once. The device
+    and dtype are in the name because they move the vectors enough to move a segmentation
+    (README "Figures on another machine"): a cache never mixes them.
     """
 
     def __init__(self, encoder: Encoder, batch_size: int = 64,
@@ -197,7 +205,7 @@ class TextEmbedder:
         self.encoder = encoder
         self.batch_size = batch_size
         self.cache: dict[str, np.ndarray] = {}
-        self.file = (Path(cache_dir) / f"{encoder.text_version}.npz") if cache_dir else None
+        self.file = (Path(cache_dir) / cache_file_name(encoder)) if cache_dir else None
         self.loaded = 0
         if self.file is not None and self.file.is_file():
             with np.load(self.file, allow_pickle=False) as data:

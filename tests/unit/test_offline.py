@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from segstream.config import Settings, load_settings
@@ -20,6 +21,7 @@ from segstream.offline import (
     TextEmbedder,
     build_profiles,
     build_views,
+    cache_file_name,
     choose_k,
     combine_views,
     interest_at,
@@ -146,3 +148,8 @@ def test_embedding_cache_file_round_trips(settings: Settings, embed: TextEmbedde
     again = TextEmbedder(embed.encoder, cache_dir=tmp_path)
     assert again.loaded == 2
     np.testing.assert_array_equal(again(["another text"])[0], vectors[1])
+    other = "float32" if embed.encoder.dtype != torch.float32 else "bfloat16"
+    other_dtype = TextEmbedder(Encoder(embed.encoder.path, device="cpu", dtype=other),
+                               cache_dir=tmp_path)
+    assert other_dtype.loaded == 0  # another dtype's vectors are never read back
+    assert {p.name for p in tmp_path.iterdir()} == {cache_file_name(embed.encoder)}
