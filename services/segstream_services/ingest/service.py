@@ -27,6 +27,7 @@ from segstream.redis_io import check_redis, redis_client
 from segstream_services.ingest.batch import BatchResult, Cleaned, Prepared, RunStats
 from segstream_services.ingest.dead_letters import DeadLetterSender
 from segstream_services.ingest.metrics import IngestMetrics
+from segstream_services.ingest.offsets import OffsetCommits
 from segstream_services.ingest.topic_ids import TopicIds
 
 log = logging.getLogger("segstream.ingest")
@@ -51,6 +52,7 @@ class IngestService:
         self.allowed_types = settings.events.allowed_types
         self.stop_event = threading.Event()
         self._consumer: Any = None
+        self._offsets: OffsetCommits | None = None  # set with the consumer in ``run``
         self._producer: Any = None
         self._last_gauges = 0.0
         self._inflight: tuple[Prepared, InFlight | None, float] | None = None
@@ -209,11 +211,9 @@ class IngestService:
     # ---- the loop ----------------------------------------------------------------------
 
     def _commit(self, offsets: dict) -> None:
-        try:
-            self._consumer.commit(offsets)
-        except KafkaClientError as exc:  # e.g. rebalanced meanwhile: the new owner redelivers
-            log.warning("offset commit failed (%s: %s); the batch will be redelivered and "
-                        "skipped by its offset watermarks", type(exc).__name__, exc)
+        """Step 4 (``OffsetCommits``: a commit refused in a rebalance is made again)."""
+        assert self._offsets is not None, "commit before run() connected the consumer"
+        self._offsets.commit(offsets)
 
     def _update_gauges(self) -> None:
         now = time.monotonic()
@@ -256,6 +256,7 @@ class IngestService:
             raise InfraError(f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: "
                              f"{exc}") from None
         self._consumer.subscribe([self.settings.topics.events])
+        self._offsets = offsets = OffsetCommits(self._consumer)
         try:
             self._producer = self.dead_letters.producer = self.kafka.producer()
         except KafkaClientError as exc:
@@ -277,6 +278,8 @@ class IngestService:
                     idle_since = time.monotonic()
                     prepared = self._prepare_or_none(records)
                 self._complete(stats)  # the previous batch: steps 3 and 4
+                if offsets.pending:
+                    offsets.retry()  # refused in a rebalance that this poll completed
                 if prepared is not None:
                     self._send(prepared, stats)  # this batch: step 2, replies read later
                 elif records:
@@ -289,6 +292,7 @@ class IngestService:
                 if max_records is not None and consumed >= max_records:
                     break
             self._complete(stats)
+            offsets.retry()
         finally:
             self._consumer.close()
             self._producer.close(timeout=10)
@@ -299,8 +303,9 @@ class IngestService:
     # Pipelining: batch N's script calls are sent (step 2) and their replies read only
     # after batch N+1 was polled and prepared (step 1), so Redis works while Python does.
     # Batch N is still finished (steps 3, 4) before batch N+1's calls are sent. When the
-    # poll in between rebalanced the group, batch N's commit is refused: the partitions'
-    # new owner redelivers those records and skips them by their offset watermarks.
+    # group rebalanced meanwhile, batch N's commit may be refused: a partition that moved
+    # is redelivered by its new owner and skipped by its offset watermarks; one this
+    # consumer kept is committed again (``OffsetCommits``), as it is not redelivered.
 
     def _prepare_or_none(self, records: Sequence[Any]) -> Prepared | None:
         try:
