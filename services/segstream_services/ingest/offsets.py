@@ -1,10 +1,12 @@
 """Offset commits that survive a rebalance: what the group refused is committed again.
 
-A consumer that keeps a partition through a rebalance keeps its position as well
-(kafka-python ≥ 3 and librdkafka both do), so a commit refused during the rebalance is not
-followed by a redelivery. Dropped, it would leave the group's offset behind the records
-already applied until that partition's next batch; if none comes, the lag stays, and a
-restart redelivers (and skips by watermarks) records long done. ``OffsetCommits`` keeps
+With kafka-python ≥ 3 a consumer that keeps a partition through a rebalance keeps its
+position as well (``SubscriptionState.assign_from_subscribed``), so a commit refused during
+the rebalance is not followed by a redelivery. Dropped, it would leave the group's offset
+behind the records already applied until that partition's next batch; if none comes, the
+lag stays, and a restart redelivers (and skips by watermarks) records long done. (Where a
+client re-reads a kept partition from the committed offset instead, the retry is merely
+early: the re-read records are skipped by watermarks.) ``OffsetCommits`` keeps
 the refused offsets and commits them with the next batch or on the next turn of the loop
 (``retry``), for the partitions this consumer still owns. A partition that moved is the
 new owner's: it reads from the last committed offset and skips by watermarks.

@@ -305,7 +305,7 @@ class IngestService:
     # Batch N is still finished (steps 3, 4) before batch N+1's calls are sent. When the
     # group rebalanced meanwhile, batch N's commit may be refused: a partition that moved
     # is redelivered by its new owner and skipped by its offset watermarks; one this
-    # consumer kept is committed again (``OffsetCommits``), as it is not redelivered.
+    # consumer kept is committed again (``OffsetCommits``: kafka-python keeps its position).
 
     def _prepare_or_none(self, records: Sequence[Any]) -> Prepared | None:
         try:
